@@ -1,0 +1,95 @@
+# postback - build, test, demo.
+#
+#   make                 build/5.4/ (LUA=lua5.3|lua5.1|luajit for the others)
+#   make test            everything the project promises; ends "N passed, N failed"
+#   make demo            the main job on the local mock (no network, no account)
+#   make asan-test       specs against an ASan+UBSan build
+#   make valgrind-test   specs under valgrind (no errors, no definite leaks)
+#   make bench           benchmarks with ratios against peers
+#   make clean
+
+LUA      ?= lua5.4
+CC       ?= cc
+ABI      := $(shell $(LUA) -e 'print(jit and "luajit" or _VERSION:match("%d+%.%d+"))' 2>/dev/null)
+BUILD    ?= build/$(ABI)
+LUA_PC   := $(if $(filter luajit,$(ABI)),luajit,lua$(ABI))
+LUA_INC  ?= $(shell pkg-config --cflags-only-I $(LUA_PC) 2>/dev/null)
+CURL_INCDIR ?= $(shell pkg-config --variable=includedir libcurl 2>/dev/null)
+CURL_CFLAGS ?= $(shell pkg-config --cflags libcurl 2>/dev/null)
+CURL_LIBS   ?= $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
+
+WARN     := -std=c99 -Wall -Wextra -Werror -pedantic -Wmissing-prototypes -Wshadow
+OPT      ?= -O2 -g
+CFLAGS_ALL = $(WARN) $(OPT) -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L \
+             $(LUA_INC) $(CURL_CFLAGS) -I. $(EXTRA_CFLAGS)
+LDFLAGS_ALL = -shared $(CURL_LIBS) -lm $(EXTRA_LDFLAGS)
+
+CORE_SRC := $(wildcard core/*.c)
+CORE_HDR := $(wildcard core/*.h)
+LUA_SRC  := $(shell find lua -name '*.lua')
+LUA_OUT  := $(patsubst lua/%,$(BUILD)/%,$(LUA_SRC))
+
+# Debian packages each job needs (installed by .ci/deps.sh when missing).
+PKG_BUILD := make gcc pkg-config libcurl4-openssl-dev lua5.4 liblua5.4-dev lua-cjson
+PKG_TEST  := $(PKG_BUILD) lua-busted lua-socket luarocks clang valgrind libclang-rt-14-dev \
+             nginx wrk curl
+
+export LUA_PATH  := $(BUILD)/?.lua;$(BUILD)/?/init.lua;spec/support/?.lua;;
+export LUA_CPATH := $(BUILD)/?.so;;
+
+.PHONY: all deps test-deps test spec ctest asan-test valgrind-test demo bench clean
+
+all: $(BUILD)/postback/core.so $(LUA_OUT)
+
+deps:
+	@sh .ci/deps.sh $(PKG_BUILD)
+
+test-deps:
+	@sh .ci/deps.sh $(PKG_TEST)
+
+$(BUILD)/postback/core.so: lua_postback.c $(CORE_SRC) $(CORE_HDR) | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) lua_postback.c $(CORE_SRC) -o $@ $(LDFLAGS_ALL)
+
+$(BUILD)/%.lua: lua/%.lua
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+# Every suite the project promises, summed into one line.
+test: test-deps
+	@sh spec/support/run-all.sh
+
+# The busted specs only, for the interpreter in LUA.
+spec: all
+	busted --lua=$(LUA) -o utfTerminal spec
+
+ctest: test-deps
+	@sh spec/support/run-all.sh ctest
+
+asan-test: test-deps
+	@sh spec/support/run-all.sh asan
+
+valgrind-test: test-deps
+	@sh spec/support/run-all.sh valgrind
+
+# C unit tests of core/ (no Lua), under ASan+UBSan, with a failing allocator.
+SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+build/ctest/test_core: spec/c/test_core.c $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) -O1 -g $(SAN) -D_POSIX_C_SOURCE=200809L $(CURL_CFLAGS) -I. \
+	  spec/c/test_core.c $(CORE_SRC) -o $@ $(CURL_LIBS) -lm
+
+# The pure-C peer of the render benchmark.
+build/bench/render_c: bench/render_c.c $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) -std=c99 -O2 -D_POSIX_C_SOURCE=200809L $(CURL_CFLAGS) -I. bench/render_c.c \
+	  $(CORE_SRC) -o $@ $(CURL_LIBS) -lm
+
+demo: all
+	@$(LUA) examples/demo.lua
+
+bench: all build/bench/render_c
+	@$(LUA) bench/render.lua
+
+clean:
+	rm -rf build

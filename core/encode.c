@@ -1,0 +1,68 @@
+/* encode.c - percent-encoding that keeps exactly the RFC 3986 unreserved set. */
+#include "encode.h"
+
+static const char hexdigits[] = "0123456789ABCDEF";
+
+int pb_is_unreserved(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+           (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+size_t pb_url_encoded_len(const char *s, size_t n)
+{
+    size_t i, len = 0;
+    for (i = 0; i < n; i++)
+        len += pb_is_unreserved((unsigned char)s[i]) ? 1 : 3;
+    return len;
+}
+
+int pb_url_encode(pb_buf *out, const char *s, size_t n)
+{
+    size_t i, need = pb_url_encoded_len(s, n);
+    char *p;
+    int rc;
+    if (need == n) return pb_buf_append(out, s, n);
+    if ((rc = pb_buf_reserve(out, need)) != PB_OK) return rc;
+    p = out->data + out->len;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (pb_is_unreserved(c)) {
+            *p++ = (char)c;
+        } else {
+            *p++ = '%';
+            *p++ = hexdigits[c >> 4];
+            *p++ = hexdigits[c & 15];
+        }
+    }
+    out->len += need;
+    out->data[out->len] = '\0';
+    return PB_OK;
+}
+
+int pb_hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+int pb_url_decode(pb_buf *out, const char *s, size_t n)
+{
+    size_t i;
+    int rc;
+    if ((rc = pb_buf_reserve(out, n)) != PB_OK) return rc;
+    for (i = 0; i < n; i++) {
+        int hi, lo;
+        if (s[i] == '%' && n - i >= 3 && (hi = pb_hexval((unsigned char)s[i + 1])) >= 0 &&
+            (lo = pb_hexval((unsigned char)s[i + 2])) >= 0) {
+            out->data[out->len++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out->data[out->len++] = s[i];
+        }
+    }
+    out->data[out->len] = '\0';
+    return PB_OK;
+}

@@ -1,0 +1,78 @@
+#!/bin/sh
+# Runs the project's test suites and ends with one line "N passed, N failed".
+#
+#   sh spec/support/run-all.sh            every suite (what `make test` runs)
+#   sh spec/support/run-all.sh SUITE...   some of: ctest lua5.4 asan valgrind
+#                                          lua5.3 lua5.1 luajit luarocks
+#
+# Each suite prints TAP; its "ok"/"not ok" lines are counted. A suite that
+# exits non-zero without a failing test line counts as one failure.
+set -u
+cd "$(dirname "$0")/../.." || exit 2
+suites=${*:-"ctest lua5.4 asan valgrind"}
+logdir=build/logs
+mkdir -p "$logdir"
+total_pass=0
+total_fail=0
+BUSTED=$(command -v busted)
+
+run_suite() {  # name, command...
+  name=$1; shift
+  log="$logdir/$name.log"
+  echo "== $name: $*"
+  start=$(date +%s)
+  "$@" >"$log" 2>&1
+  rc=$?
+  pass=$(grep -c '^ok ' "$log")
+  fail=$(grep -c '^not ok ' "$log")
+  if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then
+    fail=1
+    echo "   $name exited with status $rc:"
+    tail -n 40 "$log" | sed 's/^/   | /'
+  fi
+  if [ "$fail" -gt 0 ]; then
+    # Show each failing test with its diagnostics.
+    awk '/^not ok /{show=1} /^ok /{show=0} show' "$log" | head -n 300 | sed 's/^/   | /'
+  fi
+  echo "   [$name] $pass ok, $fail not ok, $(( $(date +%s) - start ))s"
+  total_pass=$((total_pass + pass))
+  total_fail=$((total_fail + fail))
+}
+
+busted_suite() {  # name, interpreter, build dir, [wrapper...]
+  name=$1; lua=$2; dir=$3; shift 3
+  LUA_PATH="$dir/?.lua;$dir/?/init.lua;spec/support/?.lua;;" \
+  LUA_CPATH="$dir/?.so;;" \
+  POSTBACK_TEST_LUA=$lua POSTBACK_TEST_SUITE=$name \
+    run_suite "$name" "$@" "$lua" "$BUSTED" --ignore-lua -o TAP spec
+}
+
+for s in $suites; do
+  case $s in
+    ctest)
+      make -s build/ctest/test_core >/dev/null 2>"$logdir/ctest-build.log" ||
+        { cat "$logdir/ctest-build.log"; total_fail=$((total_fail + 1)); continue; }
+      run_suite ctest build/ctest/test_core ;;
+    lua5.4|lua5.3|lua5.1|luajit)
+      command -v "$s" >/dev/null 2>&1 || { echo "== $s: not installed, skipped"; continue; }
+      make -s LUA="$s" all >/dev/null || { total_fail=$((total_fail + 1)); continue; }
+      abi=$("$s" -e 'print(jit and "luajit" or _VERSION:match("%d+%.%d+"))')
+      busted_suite "$s" "$s" "build/$abi" ;;
+    asan)
+      make -s BUILD=build/asan OPT="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" all >/dev/null ||
+        { total_fail=$((total_fail + 1)); continue; }
+      ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+      UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+      LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
+        busted_suite asan lua5.4 build/asan ;;
+    valgrind)
+      make -s all >/dev/null || { total_fail=$((total_fail + 1)); continue; }
+      POSTBACK_UNDER_VALGRIND=1 busted_suite valgrind lua5.4 build/5.4 \
+        valgrind -q --leak-check=full --errors-for-leak-kinds=definite \
+        --show-leak-kinds=definite --error-exitcode=99 --trace-children=no ;;
+    *) echo "unknown suite: $s"; total_fail=$((total_fail + 1)) ;;
+  esac
+done
+
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]
