@@ -37,7 +37,7 @@ PKG_TEST  := $(PKG_BUILD) lua-busted lua-socket luarocks clang valgrind libclang
 export LUA_PATH  := $(BUILD)/?.lua;$(BUILD)/?/init.lua;spec/support/?.lua;;
 export LUA_CPATH := $(BUILD)/?.so;;
 
-.PHONY: all deps test-deps test spec ctest asan-test valgrind-test demo bench clean
+.PHONY: all deps test-deps test spec ctest asan-test valgrind-test demo bench fuzz clean
 
 all: $(BUILD)/postback/core.so $(LUA_OUT)
 
@@ -84,6 +84,23 @@ build/bench/render_c: bench/render_c.c $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) -std=c99 -O2 -D_POSIX_C_SOURCE=200809L $(CURL_CFLAGS) -I. bench/render_c.c \
 	  $(CORE_SRC) -o $@ $(CURL_LIBS) -lm
+
+# libFuzzer harnesses: make fuzz FUZZ_SECONDS=N runs each for N seconds,
+# starting from the checked-in seeds in fuzz/seeds/<harness>/.
+FUZZ_SECONDS ?= 10
+FUZZERS := $(patsubst fuzz/%.c,build/fuzz/%,$(wildcard fuzz/fuzz_*.c))
+build/fuzz/%: fuzz/%.c $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p $(dir $@)
+	clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	  -D_POSIX_C_SOURCE=200809L $(CURL_CFLAGS) -I. $< $(CORE_SRC) -o $@ $(CURL_LIBS) -lm
+
+fuzz: test-deps $(FUZZERS)
+	@for f in $(FUZZERS); do \
+	  n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
+	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus-$$n fuzz/seeds/$$n \
+	    2>&1 | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|Done' || exit 1; \
+	done
 
 demo: all
 	@$(LUA) examples/demo.lua

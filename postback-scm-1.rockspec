@@ -1,0 +1,48 @@
+-- LuaRocks build of postback: the C core + binding as postback.core, the Lua
+-- layer as postback.*, and the bin/postback command line.
+rockspec_format = "3.0"
+package = "postback"
+version = "scm-1"
+source = {
+  url = "git+file://./",
+}
+description = {
+  summary = "Manage Offerslook affiliate postbacks and fire them, from Lua",
+  detailed = [[
+    A Lua module with a C core: validates postback records (including the
+    offer's conversion_protocol rule), renders postback macros, talks to the
+    Offerslook Network API with retries, and fires postbacks concurrently on
+    libcurl's multi interface.
+  ]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.1",
+  "lua-cjson",
+}
+-- libcurl's header lives in a multiarch directory on Debian and Ubuntu
+-- (include/x86_64-linux-gnu/curl/curl.h), where a `header` check fails. So the
+-- library is what LuaRocks looks for (it knows the multiarch library
+-- directories); the compiler's own search path then finds the header. Where
+-- curl lives elsewhere, pass CURL_DIR=... or CURL_INCDIR=... to luarocks.
+external_dependencies = {
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["postback.core"] = {
+      sources = {
+        "lua_postback.c",
+        "core/buf.c", "core/encode.c", "core/macros.c", "core/template.c",
+        "core/url.c", "core/validate.c",
+      },
+      defines = { "_POSIX_C_SOURCE=200809L" },
+      incdirs = { "$(CURL_INCDIR)", "." },
+      libdirs = { "$(CURL_LIBDIR)" },
+      libraries = { "curl" },
+    },
+    ["postback"] = "lua/postback/init.lua",
+    ["postback.errors"] = "lua/postback/errors.lua",
+  },
+}
