@@ -12,7 +12,9 @@
 #include <lua.h>
 
 #include "core/buf.h"
+#include "core/clock.h"
 #include "core/encode.h"
+#include "core/engine.h"
 #include "core/macros.h"
 #include "core/template.h"
 #include "core/url.h"
@@ -20,6 +22,8 @@
 
 #define PB_TEMPLATE_MT "postback.template"
 #define PB_ERROR_MT "postback.error"
+#define PB_ENGINE_MT "postback.engine"
+#define PB_CURL_SENTINEL "postback.curl"
 
 /* ---- compatibility, under our own prefix (LuaJIT exports some 5.2 names) */
 
@@ -625,6 +629,294 @@ static int l_allowed_types(lua_State *L)
     return 1;
 }
 
+
+/* ---- the HTTP engine ---------------------------------------------------- */
+
+typedef struct lengine {
+    pb_engine *e;
+    lua_Integer next_tag;
+} lengine;
+
+static lengine *check_engine(lua_State *L, int i)
+{
+    lengine *le = (lengine *)luaL_checkudata(L, i, PB_ENGINE_MT);
+    if (!le->e) luaL_argerror(L, i, "engine is closed");
+    return le;
+}
+
+static long opt_long_field(lua_State *L, int t, const char *k, long def)
+{
+    long v = def;
+    lua_getfield(L, t, k);
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            luaL_error(L, "engine option '%s' must be a number", k);
+        v = (long)lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Seconds (number field) as milliseconds, rounding up so 0.0001 is not 0. */
+static long opt_ms_field(lua_State *L, int t, const char *k)
+{
+    long ms = 0;
+    lua_getfield(L, t, k);
+    if (!lua_isnil(L, -1)) {
+        double s;
+        if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "request field '%s' must be a number", k);
+        s = (double)lua_tonumber(L, -1);
+        if (!(s >= 0) || s > 1e6) luaL_error(L, "request field '%s' out of range", k);
+        ms = (long)ceil(s * 1000.0);
+    }
+    lua_pop(L, 1);
+    return ms;
+}
+
+/* A string field (NULL when absent); strings with NUL bytes are refused. */
+static const char *opt_str_field(lua_State *L, int t, const char *k, int *bad)
+{
+    const char *s = NULL;
+    size_t len;
+    lua_getfield(L, t, k);
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "request field '%s' must be a string", k);
+        s = lua_tolstring(L, -1, &len);
+        if (strlen(s) != len) *bad = 1;
+    }
+    lua_pop(L, 1); /* still referenced by the request table */
+    return s;
+}
+
+/* engine{max_host=, max_total=} -> engine */
+static int l_engine(lua_State *L)
+{
+    pb_engine_opts o;
+    lengine *le;
+    int t = pb_opttable(L, 1) ? 1 : 0;
+    memset(&o, 0, sizeof o);
+    if (t) {
+        o.max_host_connections = opt_long_field(L, t, "max_host", 0);
+        o.max_total_connections = opt_long_field(L, t, "max_total", 0);
+    }
+    le = (lengine *)pb_newuserdata(L, sizeof *le, 0);
+    le->e = NULL;
+    le->next_tag = 0;
+    pb_setmetatable(L, PB_ENGINE_MT);
+    le->e = pb_engine_new(&o);
+    if (!le->e) return pb_fail_nomem(L);
+    return 1;
+}
+
+static int l_engine_close(lua_State *L)
+{
+    lengine *le = (lengine *)luaL_checkudata(L, 1, PB_ENGINE_MT);
+    pb_engine_free(le->e);
+    le->e = NULL;
+    return 0;
+}
+
+static int l_engine_tostring(lua_State *L)
+{
+    lengine *le = (lengine *)luaL_checkudata(L, 1, PB_ENGINE_MT);
+    if (!le->e)
+        lua_pushstring(L, "postback.engine (closed)");
+    else
+        lua_pushfstring(L, "postback.engine (%d pending): %p", (int)pb_engine_pending(le->e),
+                        (void *)le);
+    return 1;
+}
+
+/* e:add{method=, url=, headers=, body=, username=, password=, timeout=,
+ *       connect_timeout=, max_body=, insecure=, ca_file=, follow=,
+ *       user_agent=} -> tag | nil, reason   (nothing sent on nil) */
+static int l_engine_add(lua_State *L)
+{
+    lengine *le = check_engine(L, 1);
+    pb_req r;
+    const char *small[16], **hdrs = small;
+    size_t nh = 0, cap = 16;
+    char why[160];
+    int bad = 0, rc, hi;
+
+    pb_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    memset(&r, 0, sizeof r);
+    r.method = opt_str_field(L, 2, "method", &bad);
+    r.url = opt_str_field(L, 2, "url", &bad);
+    if (!r.url) return luaL_argerror(L, 2, "request needs a url");
+    if (bad) {
+        lua_pushnil(L);
+        lua_pushstring(L, "method or URL contains a NUL byte");
+        return 2;
+    }
+    r.username = opt_str_field(L, 2, "username", &bad);
+    r.password = opt_str_field(L, 2, "password", &bad);
+    r.ca_file = opt_str_field(L, 2, "ca_file", &bad);
+    r.user_agent = opt_str_field(L, 2, "user_agent", &bad);
+    if (bad) {
+        lua_pushnil(L);
+        lua_pushstring(L, "credentials, ca_file or user agent contain a NUL byte");
+        return 2;
+    }
+    lua_getfield(L, 2, "body");
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "request body must be a string");
+        r.body = lua_tolstring(L, -1, &r.body_len);
+    }
+    lua_pop(L, 1);
+    r.timeout_ms = opt_ms_field(L, 2, "timeout");
+    r.connect_timeout_ms = opt_ms_field(L, 2, "connect_timeout");
+    r.max_body = (size_t)opt_long_field(L, 2, "max_body", 0);
+    r.follow = opt_long_field(L, 2, "follow", 0);
+    lua_getfield(L, 2, "insecure");
+    r.insecure = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+
+    /* Headers: an array of "Name: value" lines, or a map {Name = value}.
+     * The lines are gathered in a table that anchors them until added. */
+    lua_getfield(L, 2, "headers");
+    hi = lua_gettop(L);
+    lua_newtable(L);
+    if (!lua_isnil(L, hi)) {
+        if (lua_type(L, hi) != LUA_TTABLE) return luaL_error(L, "request headers must be a table");
+        lua_pushnil(L);
+        while (lua_next(L, hi)) {
+            if (lua_type(L, -2) == LUA_TNUMBER && lua_type(L, -1) == LUA_TSTRING) {
+                lua_pushvalue(L, -1);
+            } else if (lua_type(L, -2) == LUA_TSTRING &&
+                       (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)) {
+                lua_pushvalue(L, -2);
+                lua_pushstring(L, ": ");
+                lua_pushvalue(L, -3);
+                lua_concat(L, 3);
+            } else {
+                return luaL_error(L, "request headers must be strings");
+            }
+            lua_rawseti(L, hi + 1, (int)++nh);
+            lua_pop(L, 1);
+        }
+    }
+    if (nh > cap) hdrs = (const char **)pb_newuserdata(L, nh * sizeof *hdrs, 0);
+    for (cap = 0; cap < nh; cap++) {
+        size_t len;
+        lua_rawgeti(L, hi + 1, (int)cap + 1);
+        hdrs[cap] = lua_tolstring(L, -1, &len);
+        lua_pop(L, 1); /* anchored by the table */
+        if (strlen(hdrs[cap]) != len) {
+            lua_pushnil(L);
+            lua_pushstring(L, "header contains a NUL byte");
+            return 2;
+        }
+    }
+    r.headers = hdrs;
+    r.nheaders = nh;
+    r.tag = (unsigned long long)(++le->next_tag);
+    rc = pb_engine_add(le->e, &r, why, sizeof why);
+    if (rc == PB_ENOMEM) return pb_fail_nomem(L);
+    if (rc != PB_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    lua_pushinteger(L, (lua_Integer)r.tag);
+    return 1;
+}
+
+/* e:perform(timeout_s) -> number of finished transfers waiting */
+static int l_engine_perform(lua_State *L)
+{
+    lengine *le = check_engine(L, 1);
+    double t = luaL_optnumber(L, 2, 0);
+    int n;
+    luaL_argcheck(L, t >= 0, 2, "timeout must be >= 0");
+    n = pb_engine_perform(le->e, t > 1e6 ? 1000000000L : (long)ceil(t * 1000.0));
+    if (n < 0) return luaL_error(L, "libcurl multi interface failed");
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+static const char *const fail_names[] = {
+    NULL, "timeout", "connect", "transport", "tls", "too_large", "cancelled",
+};
+
+/* e:next() -> tag, status, body, headers, fail, error, seconds, sent | nil */
+static int l_engine_next(lua_State *L)
+{
+    lengine *le = check_engine(L, 1);
+    pb_result r;
+    if (!pb_engine_next(le->e, &r)) return 0;
+    lua_pushinteger(L, (lua_Integer)r.tag);
+    lua_pushinteger(L, (lua_Integer)r.status);
+    lua_pushlstring(L, r.body, r.body_len);
+    lua_pushlstring(L, r.headers, r.headers_len);
+    if (r.fail) {
+        lua_pushstring(L, fail_names[r.fail]);
+        lua_pushstring(L, r.error);
+    } else {
+        lua_pushnil(L);
+        lua_pushnil(L);
+    }
+    lua_pushnumber(L, (lua_Number)r.seconds);
+    lua_pushboolean(L, r.sent);
+    return 8;
+}
+
+static int l_engine_pending(lua_State *L)
+{
+    lengine *le = (lengine *)luaL_checkudata(L, 1, PB_ENGINE_MT);
+    lua_pushinteger(L, le->e ? (lua_Integer)pb_engine_pending(le->e) : 0);
+    return 1;
+}
+
+static int l_engine_running(lua_State *L)
+{
+    lengine *le = (lengine *)luaL_checkudata(L, 1, PB_ENGINE_MT);
+    lua_pushinteger(L, le->e ? (lua_Integer)pb_engine_running(le->e) : 0);
+    return 1;
+}
+
+static int l_engine_cancel(lua_State *L)
+{
+    lengine *le = check_engine(L, 1);
+    lua_Integer tag = luaL_checkinteger(L, 2);
+    lua_pushboolean(L, pb_engine_cancel(le->e, (unsigned long long)tag));
+    return 1;
+}
+
+/* ---- clocks ------------------------------------------------------------ */
+
+static int l_now(lua_State *L)
+{
+    lua_pushnumber(L, (lua_Number)pb_monotonic());
+    return 1;
+}
+
+static int l_time(lua_State *L)
+{
+    lua_pushnumber(L, (lua_Number)pb_wallclock());
+    return 1;
+}
+
+static int l_sleep(lua_State *L)
+{
+    pb_sleep((double)luaL_checknumber(L, 1));
+    return 0;
+}
+
+static int l_curl_version(lua_State *L)
+{
+    lua_pushstring(L, pb_engine_curl_version());
+    return 1;
+}
+
+static int l_curl_sentinel_gc(lua_State *L)
+{
+    (void)L;
+    pb_engine_global_cleanup();
+    return 0;
+}
+
 /* ---- module ------------------------------------------------------------ */
 
 static const luaL_Reg template_methods[] = {
@@ -639,7 +931,30 @@ static const luaL_Reg template_meta[] = {
     { NULL, NULL },
 };
 
+static const luaL_Reg engine_methods[] = {
+    { "add", l_engine_add },
+    { "perform", l_engine_perform },
+    { "next", l_engine_next },
+    { "pending", l_engine_pending },
+    { "running", l_engine_running },
+    { "cancel", l_engine_cancel },
+    { "close", l_engine_close },
+    { NULL, NULL },
+};
+
+static const luaL_Reg engine_meta[] = {
+    { "__gc", l_engine_close },
+    { "__close", l_engine_close },
+    { "__tostring", l_engine_tostring },
+    { NULL, NULL },
+};
+
 static const luaL_Reg functions[] = {
+    { "engine", l_engine },
+    { "now", l_now },
+    { "time", l_time },
+    { "sleep", l_sleep },
+    { "curl_version", l_curl_version },
     { "template", l_template },
     { "render", l_render },
     { "encode", l_encode },
@@ -667,6 +982,26 @@ PB_EXPORT int luaopen_postback_core(lua_State *L)
         lua_setfield(L, -2, "__index");
         lua_pushstring(L, PB_TEMPLATE_MT);
         lua_setfield(L, -2, "__name");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, PB_ENGINE_MT)) {
+        pb_setfuncs(L, engine_meta);
+        pb_newlib(L, engine_methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushstring(L, PB_ENGINE_MT);
+        lua_setfield(L, -2, "__name");
+    }
+    lua_pop(L, 1);
+    /* libcurl's global set-up, undone when this state closes (curl counts). */
+    lua_getfield(L, LUA_REGISTRYINDEX, PB_CURL_SENTINEL);
+    if (lua_isnil(L, -1)) {
+        if (pb_engine_global_init() != 0) return luaL_error(L, "libcurl initialisation failed");
+        pb_newuserdata(L, 1, 0);
+        lua_createtable(L, 0, 1);
+        lua_pushcfunction(L, l_curl_sentinel_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_setmetatable(L, -2);
+        lua_setfield(L, LUA_REGISTRYINDEX, PB_CURL_SENTINEL);
     }
     lua_pop(L, 1);
     if (luaL_newmetatable(L, PB_ERROR_MT)) {
