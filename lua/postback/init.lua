@@ -77,10 +77,34 @@ M.encode = core.encode
 -- Modules loaded on first use.
 local lazy = {}
 
+--- Fires one postback (see postback.fire).
+function lazy.fire()
+  return require("postback.fire").fire
+end
+
+--- Fires many postbacks concurrently (see postback.fire).
+function lazy.fire_many()
+  return require("postback.fire").fire_many
+end
+
+--- A non-blocking dispatcher for loops (see postback.dispatcher).
+function lazy.dispatcher()
+  return require("postback.dispatcher").new
+end
+
+--- A client of the Offerslook API (see postback.client).
+function lazy.client()
+  return require("postback.client").new
+end
+
 setmetatable(M, {
   __index = function(_, key)
     local loader = lazy[key]
-    if loader then return loader() end
+    if loader then
+      local v = loader()
+      rawset(M, key, v)
+      return v
+    end
   end,
 })
 

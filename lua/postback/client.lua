@@ -1,0 +1,580 @@
+--- The Offerslook API client: the six affiliate_postbacks calls and offers.
+--
+--   local c = assert(postback.client{ network = "demo", api_key = "..." })
+--   local pb, err = c:create{ offer_id = 1, affiliate_id = 7, type = 2,
+--                             code = "https://t.example/pb?c={click_id}" }
+--
+-- Every call returns value or nil, err (see postback.errors); only `each`
+-- raises, as iterators do. Records are validated and the type is checked
+-- against the offer's conversion_protocol before anything is sent.
+local core = require "postback.core"
+local errors = require "postback.errors"
+local json = require "postback.json"
+local retry = require "postback.retry"
+
+local M = {}
+local Client = {}
+Client.__index = Client
+Client.__name = "postback.client"
+M.Client = Client
+
+-- API keys live here, not in the client table: nothing that prints or
+-- walks a client can reach them.
+local secrets = setmetatable({}, { __mode = "k" })
+
+local DEFAULTS = {
+  timeout = 30,
+  connect_timeout = 10,
+  retries = 3,
+  backoff_base = 0.2,
+  backoff_max = 30,
+  max_retry_time = 120,
+  retry_post = false,
+  check_protocol = true,
+  protocol_ttl = 300,
+  max_response = 16 * 1024 * 1024,
+}
+
+local FIELDS = {
+  id = true, offer_id = true, affiliate_id = true, event_id = true, code = true,
+  status = true, type = true, create_time = true, update_time = true,
+}
+local OPERATORS = {
+  EQUAL_TO = true, NOT_EQUAL_TO = true, LESS_THAN = true, LESS_THAN_OR_EQUAL_TO = true,
+  GREATER_THAN = true, GREATER_THAN_OR_EQUAL_TO = true, CONTAINS = true,
+  NOT_CONTAINS = true, NULL = true, NOT_NULL = true,
+}
+local CREATE_FIELDS = { "offer_id", "affiliate_id", "event_id", "type", "code" }
+local UPDATE_FIELDS = { code = true, status = true, type = true }
+local MAX_ID = 9007199254740991
+
+local function invalid(message, field, code)
+  local item = { field = field, code = code or "invalid", message = message }
+  return errors.new("validation", { message = message, errors = { item } })
+end
+
+local function has_crlf(s)
+  return s:find("[\r\n%z]") ~= nil
+end
+
+-- Strips user:password@ from a URL before it goes into an error or a log.
+local function redact_url(url)
+  return (url:gsub("^(%a[%w+.-]*://)[^/@]*@", "%1"))
+end
+M.redact_url = redact_url
+
+local function check_number(opts, k, min, max)
+  local v = opts[k]
+  if v == nil then return DEFAULTS[k] end
+  if type(v) ~= "number" or v ~= v or v < min or v > max then
+    return nil, ("option %s must be a number between %s and %s"):format(k, min, max)
+  end
+  return v
+end
+
+--- Creates a client. See DESIGN "Public API" for the options.
+-- @return client, or nil, err (kind "validation") for bad option values
+function M.new(opts)
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'client' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  local network, key = opts.network, opts.api_key
+  if type(network) ~= "string" or network == "" or network:find("[^%w%-_.]") then
+    return nil, invalid("option network must be the network name (letters, digits, - _ .)", "network", "required")
+  end
+  if type(key) ~= "string" or key == "" or has_crlf(key) then
+    return nil, invalid("option api_key must be a non-empty string", "api_key", "required")
+  end
+  local base = opts.base_url or ("https://" .. network .. ".api.offerslook.com")
+  if type(base) ~= "string" then
+    return nil, invalid("option base_url must be a string", "base_url", "type")
+  end
+  base = base:gsub("/+$", "")
+  local ok, why = core.check_url(base .. "/")
+  if not ok then
+    return nil, invalid("option base_url " .. why, "base_url", "invalid_url")
+  end
+  if base:find("^%a[%w+.-]*://[^/]*@") then
+    return nil, invalid("option base_url must not carry credentials (use network and api_key)", "base_url", "invalid_url")
+  end
+  local https, loopback = core.url_info(base)
+  if not https and not loopback and not opts.insecure then
+    return nil, invalid("option base_url must be https:// (the API key would cross the network "
+      .. "in clear text); use insecure = true to override", "base_url", "insecure")
+  end
+
+  local self = setmetatable({ network = network, base_url = base }, Client)
+  for _, k in ipairs { "timeout", "connect_timeout", "backoff_base", "backoff_max", "max_retry_time", "protocol_ttl" } do
+    local v, err = check_number(opts, k, 0, 1e6)
+    if not v then return nil, invalid(err, k, "range") end
+    self[k] = v
+  end
+  local retries, err = check_number(opts, "retries", 0, 100)
+  if not retries then return nil, invalid(err, "retries", "range") end
+  self.retries = math.floor(retries)
+  if opts.rate_limit ~= nil then
+    local rate, rerr = check_number(opts, "rate_limit", 0.001, 1e6)
+    if not rate then return nil, invalid(rerr, "rate_limit", "range") end
+    self.rate_limit = rate
+    self.tokens, self.token_time = 1, core.now()
+  end
+  self.max_response = opts.max_response or DEFAULTS.max_response
+  self.retry_post = opts.retry_post and true or false
+  self.check_protocol = opts.check_protocol ~= false
+  self.insecure = opts.insecure and true or false
+  if opts.verify_tls == false then self.insecure = true end
+  self.ca_file = opts.ca_file
+  self.user_agent = opts.user_agent or ("postback/" .. (require("postback")._VERSION:match("[%d.]+$")))
+  if has_crlf(self.user_agent) then return nil, invalid("option user_agent contains CR, LF or NUL", "user_agent") end
+  self.on_request = opts.on_request
+  self.protocols = {} -- offer_id -> {cp, expires}
+
+  local headers = {}
+  for name, value in pairs(opts.headers or {}) do
+    if type(name) ~= "string" or (type(value) ~= "string" and type(value) ~= "number") then
+      return nil, invalid("option headers must map names to strings", "headers", "type")
+    end
+    value = tostring(value)
+    if has_crlf(name) or has_crlf(value) or name:find("[%s:]") then
+      return nil, invalid("header " .. name:gsub("[%c]", "?") .. " contains CR, LF, NUL or an invalid name", "headers")
+    end
+    if name:lower() == "authorization" then
+      return nil, invalid("option headers must not set Authorization (use network and api_key)", "headers")
+    end
+    headers[name] = value
+  end
+  self.headers = headers
+
+  local transport = opts.transport
+  if transport == nil then
+    local curl = require "postback.transport.curl"
+    local t = curl.new { max_host = opts.max_host }
+    self.transport_object = t
+    self.send = function(req) return t:request(req) end
+  elseif type(transport) == "function" then
+    self.send = transport
+  elseif type(transport) == "table" and type(transport.request) == "function" then
+    local t = transport.new and transport.new(opts) or transport
+    self.transport_object = t
+    self.send = function(req) return t:request(req) end
+  else
+    return nil, invalid("option transport must be a function(req) or a transport module", "transport", "type")
+  end
+  secrets[self] = key
+  return self
+end
+
+function Client:__tostring()
+  return ("postback.client (network %s, %s)"):format(self.network, self.base_url)
+end
+
+--- Releases the client's connections (also done by the garbage collector).
+function Client:close()
+  if self.transport_object and self.transport_object.close then self.transport_object:close() end
+end
+Client.__close = Client.close
+
+-- A positive integer id as a decimal string, or nil, err.
+local function id_string(id, what)
+  what = what or "id"
+  local n = type(id) == "number" and json.tointeger(id)
+  if not n or n < 1 or n > MAX_ID then
+    return nil, invalid(("%s must be a positive integer, got %s"):format(what, type(id) == "string" and ("%q"):format(id) or tostring(id)), what, "range")
+  end
+  return ("%d"):format(n)
+end
+M.id_string = id_string
+
+-- Waits for a token of the rate limit (token bucket of size 1 per second).
+local function take_token(self)
+  if not self.rate_limit then return end
+  local now = core.now()
+  self.tokens = math.min(1, self.tokens + (now - self.token_time) * self.rate_limit)
+  self.token_time = now
+  if self.tokens < 1 then
+    core.sleep((1 - self.tokens) / self.rate_limit)
+    self.tokens, self.token_time = 1, core.now()
+  end
+  self.tokens = self.tokens - 1
+end
+
+--- The request table for one call (used by the blocking path and by batch).
+function Client:build(method, path, query, body)
+  local url = self.base_url .. path .. (query and query ~= "" and ("?" .. query) or "")
+  local headers = { Accept = "application/json" }
+  for k, v in pairs(self.headers) do headers[k] = v end
+  local text
+  if body ~= nil then
+    local err
+    text, err = json.encode(body)
+    if not text then return nil, invalid("cannot encode the request body: " .. tostring(err), "body") end
+    headers["Content-Type"] = "application/json"
+  end
+  return {
+    method = method,
+    url = url,
+    headers = headers,
+    body = text,
+    username = self.network,
+    password = secrets[self],
+    timeout = self.timeout,
+    connect_timeout = self.connect_timeout,
+    max_body = self.max_response,
+    insecure = self.insecure,
+    ca_file = self.ca_file,
+    user_agent = self.user_agent,
+  }
+end
+
+local function snippet(body)
+  body = body or ""
+  body = body:gsub("[%c]", " ")
+  if #body > 200 then body = body:sub(1, 200) .. "..." end
+  return body
+end
+
+--- Interprets a transport outcome: data, or nil, err (err.retryable set).
+function Client:interpret(req, resp, err)
+  local method, url = req.method, redact_url(req.url)
+  if not resp then
+    err.method, err.url = method, url
+    err.retryable = retry.retryable(method, nil, err, self.retry_post)
+    return nil, err
+  end
+  local status, body = resp.status, resp.body or ""
+  local ok_status = status >= 200 and status <= 299
+  local retryable = retry.retryable(method, status, nil, self.retry_post)
+  local doc, derr = json.decode(body)
+  if type(doc) ~= "table" or (doc.code == nil and ok_status) then
+    if ok_status then
+      return nil, errors.new("decode", {
+        message = "the answer is not a JSON envelope: " .. (derr or snippet(body)),
+        status = status, method = method, url = url, retryable = false,
+      })
+    end
+    return nil, errors.new("http", {
+      message = ("HTTP %d: %s"):format(status, snippet(body)),
+      status = status, method = method, url = url, retryable = retryable,
+      retry_after = resp.headers and resp.headers["retry-after"],
+    })
+  end
+  local code = json.tointeger(doc.code) or doc.code
+  if ok_status and code == 0 then
+    local data = doc.data
+    if data == json.null then data = nil end
+    return data == nil and {} or data
+  end
+  local message = doc.message
+  if type(message) ~= "string" then message = ok_status and "API error" or ("HTTP " .. status) end
+  return nil, errors.new("api", {
+    message = message, status = status, code = code, method = method, url = url,
+    retryable = retryable and not ok_status,
+    retry_after = resp.headers and resp.headers["retry-after"],
+  })
+end
+
+local function report(self, info)
+  if self.on_request then pcall(self.on_request, info) end
+end
+
+--- Sends one call with the retry policy: data or nil, err.
+function Client:call(method, path, query, body)
+  local req, berr = self:build(method, path, query, body)
+  if not req then return nil, berr end
+  local started = core.now()
+  local attempts = 0
+  while true do
+    take_token(self)
+    attempts = attempts + 1
+    local t0 = core.now()
+    local resp, terr = self.send(req)
+    local data, err = self:interpret(req, resp, terr)
+    report(self, {
+      method = method, url = redact_url(req.url), attempt = attempts,
+      status = resp and resp.status or nil, seconds = core.now() - t0,
+      error = err and tostring(err) or nil,
+    })
+    if data ~= nil then return data end
+    err.attempts = attempts
+    if not err.retryable then return nil, err end
+    local delay = retry.next_delay(self, attempts, started, retry.retry_after(err.retry_after))
+    if not delay then return nil, err end
+    core.sleep(delay)
+  end
+end
+
+local function postback_of(data)
+  local pb = type(data) == "table" and data.affiliate_postback
+  if type(pb) ~= "table" then return nil end
+  return json.postback(pb)
+end
+
+local function need_postback(self, data, req_method, path)
+  local pb = postback_of(data)
+  if pb then return pb end
+  return nil, errors.new("decode", {
+    message = "the answer has no data.affiliate_postback",
+    method = req_method, url = redact_url(self.base_url .. path),
+  })
+end
+
+--- The offer's conversion_protocol (cached for protocol_ttl seconds).
+function Client:protocol(offer_id)
+  local cached = self.protocols[offer_id]
+  if cached and cached[2] > core.now() then return cached[1] end
+  local offer, err = self:offer(offer_id)
+  if not offer then return nil, err end
+  local cp = json.tointeger(tonumber(offer.conversion_protocol) or -1)
+  if not cp or cp < 1 or cp > 3 then
+    return nil, errors.new("decode", {
+      message = ("offer %s has no readable conversion_protocol"):format(tostring(offer_id)),
+    })
+  end
+  self.protocols[offer_id] = { cp, core.now() + self.protocol_ttl }
+  return cp
+end
+
+--- GET /v1/offers/{id}: the offer (data.offer), or nil, err.
+function Client:offer(id)
+  local sid, err = id_string(id, "offer_id")
+  if not sid then return nil, err end
+  local data, cerr = self:call("GET", "/v1/offers/" .. sid)
+  if not data then return nil, cerr end
+  local offer = type(data.offer) == "table" and data.offer or data
+  return json.integers(offer, { "id", "conversion_protocol" })
+end
+
+-- Validation with the offer's protocol; nil, err when something is wrong.
+local function check_record(self, rec, partial, offer_id)
+  local ok, list = require("postback").validate(rec, { partial = partial })
+  if not ok then return nil, errors.validation(list) end
+  if rec.type ~= nil and self.check_protocol and offer_id and offer_id ~= 0 then
+    local cp, err = self:protocol(offer_id)
+    if not cp then return nil, err end
+    ok, list = require("postback").validate(rec, { partial = partial, conversion_protocol = cp })
+    if not ok then return nil, errors.validation(list) end
+  end
+  return true
+end
+
+local function need_table(v, n, fname)
+  if type(v) ~= "table" then
+    error(("bad argument #%d to '%s' (table expected, got %s)"):format(n, fname, type(v)), 3)
+  end
+end
+
+--- POST /v1/affiliate_postbacks: the created postback, or nil, err.
+-- Sends offer_id, affiliate_id, event_id (when given), type and code.
+function Client:create(rec)
+  need_table(rec, 1, "create")
+  local ok, err = check_record(self, rec, false, json.tointeger(rec.offer_id or -1))
+  if not ok then return nil, err end
+  local body = {}
+  for _, k in ipairs(CREATE_FIELDS) do
+    local v = rec[k]
+    if type(v) == "number" then v = json.tointeger(v) or v end
+    body[k] = v
+  end
+  local path = "/v1/affiliate_postbacks"
+  local data, cerr = self:call("POST", path, nil, body)
+  if not data then return nil, cerr end
+  return need_postback(self, data, "POST", path)
+end
+
+--- GET /v1/affiliate_postbacks/{id}: the postback, or nil, err.
+function Client:get(id)
+  local sid, err = id_string(id)
+  if not sid then return nil, err end
+  local path = "/v1/affiliate_postbacks/" .. sid
+  local data, cerr = self:call("GET", path)
+  if not data then return nil, cerr end
+  return need_postback(self, data, "GET", path)
+end
+
+--- PUT /v1/affiliate_postbacks/{id} with any of code, status, type.
+function Client:update(id, fields)
+  local sid, err = id_string(id)
+  if not sid then return nil, err end
+  need_table(fields, 2, "update")
+  local body, n = {}, 0
+  for k, v in pairs(fields) do
+    if not UPDATE_FIELDS[k] then
+      local what = FIELDS[k] and (tostring(k) .. " cannot be changed by update (PUT takes code, status and type)")
+        or (tostring(k) .. " is not a postback field")
+      return nil, invalid(what, tostring(k), "unknown_field")
+    end
+    if type(v) == "number" then v = json.tointeger(v) or v end
+    body[k] = v
+    n = n + 1
+  end
+  if n == 0 then return nil, invalid("update needs at least one of code, status, type", "fields", "required") end
+  local offer_id
+  if body.type ~= nil and self.check_protocol then
+    local current, gerr = self:get(id)
+    if not current then return nil, gerr end
+    offer_id = current.offer_id
+  end
+  local ok, verr = check_record(self, body, true, offer_id)
+  if not ok then return nil, verr end
+  local path = "/v1/affiliate_postbacks/" .. sid
+  local data, cerr = self:call("PUT", path, nil, body)
+  if not data then return nil, cerr end
+  return need_postback(self, data, "PUT", path)
+end
+
+--- PATCH /v1/affiliate_postbacks/{id}?status=approved|rejected (no body).
+function Client:set_status(id, status)
+  local sid, err = id_string(id)
+  if not sid then return nil, err end
+  if status ~= "approved" and status ~= "rejected" then
+    return nil, invalid(('status must be "approved" or "rejected", got %s'):format(tostring(status)), "status", "invalid_status")
+  end
+  local path = "/v1/affiliate_postbacks/" .. sid
+  local data, cerr = self:call("PATCH", path, "status=" .. status)
+  if not data then return nil, cerr end
+  return need_postback(self, data, "PATCH", path)
+end
+
+--- DELETE /v1/affiliate_postbacks/{id}: the deleted postback when the API
+-- returns it, else true.
+function Client:delete(id)
+  local sid, err = id_string(id)
+  if not sid then return nil, err end
+  local data, cerr = self:call("DELETE", "/v1/affiliate_postbacks/" .. sid)
+  if not data then return nil, cerr end
+  return postback_of(data) or true
+end
+
+local function scalar(v, what)
+  local t = type(v)
+  if t == "number" then
+    local i = json.tointeger(v)
+    if i then return ("%d"):format(i) end
+    if v ~= v or v == math.huge or v == -math.huge then return nil end
+    return ("%.14g"):format(v)
+  elseif t == "string" then
+    return v
+  elseif t == "boolean" then
+    return v and "1" or "0"
+  end
+  return nil, what
+end
+
+--- Encodes a list query for the wire: query string or nil, err.
+-- query = {page=, limit=, sort=, fields={...}, filters={field = value | {OP = value}}}
+function M.encode_query(query)
+  local enc = core.encode
+  local parts = {}
+  for k in pairs(query) do
+    if k ~= "page" and k ~= "limit" and k ~= "sort" and k ~= "fields" and k ~= "filters" then
+      return nil, invalid("unknown list option " .. tostring(k), tostring(k), "unknown_field")
+    end
+  end
+  if query.page ~= nil then
+    local p = type(query.page) == "number" and json.tointeger(query.page)
+    if not p or p < 1 then return nil, invalid("page must be an integer >= 1", "page", "range") end
+    parts[#parts + 1] = "offset=" .. p
+  end
+  if query.limit ~= nil then
+    local l = type(query.limit) == "number" and json.tointeger(query.limit)
+    if not l or l < 1 or l > 1000 then return nil, invalid("limit must be an integer from 1 to 1000", "limit", "range") end
+    parts[#parts + 1] = "limit=" .. l
+  end
+  if query.sort ~= nil then
+    local sign, field = tostring(query.sort):match("^([+-]?)([%w_]+)$")
+    if type(query.sort) ~= "string" or not field or not FIELDS[field] then
+      return nil, invalid("sort must be +field or -field with a postback field, got " .. tostring(query.sort), "sort", "invalid")
+    end
+    parts[#parts + 1] = "sort=" .. enc((sign == "" and "+" or sign) .. field)
+  end
+  if query.fields ~= nil then
+    if type(query.fields) ~= "table" or #query.fields == 0 then
+      return nil, invalid("fields must be a non-empty array of field names", "fields", "type")
+    end
+    for _, f in ipairs(query.fields) do
+      if not FIELDS[f] then return nil, invalid("fields: unknown field " .. tostring(f), "fields", "unknown_field") end
+    end
+    parts[#parts + 1] = "fields=" .. enc(table.concat(query.fields, ","))
+  end
+  if query.filters ~= nil then
+    if type(query.filters) ~= "table" then return nil, invalid("filters must be a table", "filters", "type") end
+    local names = {}
+    for field in pairs(query.filters) do
+      if type(field) ~= "string" or not FIELDS[field] then
+        return nil, invalid("filters: " .. tostring(field) .. " is not a filterable field", "filters", "unknown_field")
+      end
+      names[#names + 1] = field
+    end
+    table.sort(names)
+    for _, field in ipairs(names) do
+      local spec = query.filters[field]
+      if type(spec) ~= "table" then spec = { EQUAL_TO = spec } end
+      local ops = {}
+      for op in pairs(spec) do
+        if not OPERATORS[op] then
+          return nil, invalid(("filters: unknown operator %s for %s"):format(tostring(op), field), "filters", "invalid")
+        end
+        ops[#ops + 1] = op
+      end
+      table.sort(ops)
+      for _, op in ipairs(ops) do
+        local v = scalar(spec[op])
+        if not v then
+          return nil, invalid(("filters: value for %s %s must be a string, number or boolean"):format(field, op), "filters", "type")
+        end
+        parts[#parts + 1] = enc("filters[" .. field .. "][" .. op .. "]") .. "=" .. enc(v)
+      end
+    end
+  end
+  return table.concat(parts, "&")
+end
+
+--- GET /v1/affiliate_postbacks: the API's data table
+-- ({rowset, totalPages, totalRows, offset, limit}), or nil, err.
+function Client:list(query)
+  if query ~= nil then need_table(query, 1, "list") end
+  local qs, err = M.encode_query(query or {})
+  if not qs then return nil, err end
+  local data, cerr = self:call("GET", "/v1/affiliate_postbacks", qs)
+  if not data then return nil, cerr end
+  json.integers(data, { "totalPages", "totalRows", "offset", "limit" })
+  local rows = data.rowset
+  if rows == nil or rows == json.null then
+    rows = {}
+    data.rowset = rows
+  end
+  if type(rows) ~= "table" then
+    return nil, errors.new("decode", { message = "data.rowset is not an array", method = "GET" })
+  end
+  for _, row in ipairs(rows) do json.postback(row) end
+  return data
+end
+
+--- Iterates every postback matching query, page by page (constant memory).
+-- Raises the error (an error table) when a page cannot be read.
+function Client:each(query)
+  if query ~= nil then need_table(query, 1, "each") end
+  local q = {}
+  for k, v in pairs(query or {}) do q[k] = v end
+  q.page = q.page or 1
+  q.limit = q.limit or 100
+  local _, qerr = M.encode_query(q)
+  if qerr then error(qerr, 2) end
+  local rows, i, last_page = {}, 0, nil
+  return function()
+    i = i + 1
+    if rows[i] == nil then
+      if last_page and q.page > last_page then return nil end
+      if rows.done then return nil end
+      local data, err = self:list(q)
+      if not data then error(err, 2) end
+      rows, i = data.rowset, 1
+      last_page = data.totalPages
+      q.page = q.page + 1
+      if rows[1] == nil then rows.done = true return nil end
+    end
+    return rows[i]
+  end
+end
+
+return M
