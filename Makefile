@@ -79,6 +79,18 @@ build/ctest/test_core: spec/c/test_core.c $(CORE_SRC) $(CORE_HDR)
 	$(CC) $(WARN) -O1 -g $(SAN) -D_POSIX_C_SOURCE=200809L $(CURL_CFLAGS) -I. \
 	  spec/c/test_core.c $(CORE_SRC) -o $@ $(CURL_LIBS) -lm
 
+# The embedded example: a C game loop with Lua 5.4 and postback linked in.
+build/game_server: examples/game_server/main.c lua_postback.c $(CORE_SRC) $(CORE_HDR) | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) -O2 -g -D_POSIX_C_SOURCE=200809L $(shell pkg-config --cflags lua5.4) \
+	  $(CURL_CFLAGS) -I. examples/game_server/main.c lua_postback.c $(CORE_SRC) -o $@ \
+	  $(shell pkg-config --libs lua5.4) $(CURL_LIBS) -lm
+
+# libcurl's own multi loop in plain C: the ceiling the fire benchmark compares with.
+build/bench/multi_c: bench/multi_c.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c99 -O2 -D_POSIX_C_SOURCE=200809L $(CURL_CFLAGS) $< -o $@ $(CURL_LIBS)
+
 # The pure-C peer of the render benchmark.
 build/bench/render_c: bench/render_c.c $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
@@ -105,8 +117,9 @@ fuzz: test-deps $(FUZZERS)
 demo: all
 	@$(LUA) examples/demo.lua
 
-bench: all build/bench/render_c
+bench: all build/bench/render_c build/bench/multi_c
 	@$(LUA) bench/render.lua
+	@$(LUA) bench/fire.lua
 
 clean:
 	rm -rf build

@@ -691,23 +691,99 @@ static const char *opt_str_field(lua_State *L, int t, const char *k, int *bad)
     return s;
 }
 
-/* engine{max_host=, max_total=} -> engine */
+/* Headers of the request table at t: an array of "Name: value" lines or a
+ * map {Name = value}. The lines are gathered in a table pushed on the stack
+ * (it anchors them); *out points to a C array of them (a userdata on the
+ * stack when more than `small` are needed). Returns the count, or -1 when a
+ * header holds a NUL byte. */
+static long collect_headers(lua_State *L, int t, const char **small, size_t nsmall,
+                            const char ***out)
+{
+    int hi, anchor;
+    size_t nh = 0, i;
+    const char **hdrs = small;
+    lua_getfield(L, t, "headers");
+    hi = lua_gettop(L);
+    lua_newtable(L);
+    anchor = hi + 1;
+    if (!lua_isnil(L, hi)) {
+        if (lua_type(L, hi) != LUA_TTABLE) return luaL_error(L, "request headers must be a table");
+        lua_pushnil(L);
+        while (lua_next(L, hi)) {
+            if (lua_type(L, -2) == LUA_TNUMBER && lua_type(L, -1) == LUA_TSTRING) {
+                lua_pushvalue(L, -1);
+            } else if (lua_type(L, -2) == LUA_TSTRING &&
+                       (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)) {
+                lua_pushvalue(L, -2);
+                lua_pushstring(L, ": ");
+                lua_pushvalue(L, -3);
+                lua_concat(L, 3);
+            } else {
+                return luaL_error(L, "request headers must be strings");
+            }
+            lua_rawseti(L, anchor, (int)++nh);
+            lua_pop(L, 1);
+        }
+    }
+    if (nh > nsmall) hdrs = (const char **)pb_newuserdata(L, nh * sizeof *hdrs, 0);
+    for (i = 0; i < nh; i++) {
+        size_t len;
+        lua_rawgeti(L, anchor, (int)i + 1);
+        hdrs[i] = lua_tolstring(L, -1, &len);
+        lua_pop(L, 1); /* anchored by the table */
+        if (strlen(hdrs[i]) != len) return -1;
+    }
+    *out = hdrs;
+    return (long)nh;
+}
+
+/* Reads the request fields of the table at t (not url, method, body,
+ * headers) into r. Sets *bad when a string holds a NUL byte. */
+static void read_request_options(lua_State *L, int t, pb_req *r, int *bad)
+{
+    r->username = opt_str_field(L, t, "username", bad);
+    r->password = opt_str_field(L, t, "password", bad);
+    r->ca_file = opt_str_field(L, t, "ca_file", bad);
+    r->user_agent = opt_str_field(L, t, "user_agent", bad);
+    r->timeout_ms = opt_ms_field(L, t, "timeout");
+    r->connect_timeout_ms = opt_ms_field(L, t, "connect_timeout");
+    r->max_body = (size_t)opt_long_field(L, t, "max_body", 0);
+    r->follow = opt_long_field(L, t, "follow", 0);
+    lua_getfield(L, t, "insecure");
+    r->insecure = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+}
+
+/* engine{max_host=, max_total=, and a profile for e:get: timeout=,
+ *        connect_timeout=, max_body=, follow=, insecure=, ca_file=,
+ *        user_agent=, headers=, username=, password=} -> engine */
 static int l_engine(lua_State *L)
 {
     pb_engine_opts o;
+    pb_req profile;
     lengine *le;
-    int t = pb_opttable(L, 1) ? 1 : 0;
+    const char *small[16], **hdrs = small;
+    char why[160];
+    int t = pb_opttable(L, 1) ? 1 : 0, bad = 0;
     memset(&o, 0, sizeof o);
+    memset(&profile, 0, sizeof profile);
     if (t) {
+        long nh;
         o.max_host_connections = opt_long_field(L, t, "max_host", 0);
         o.max_total_connections = opt_long_field(L, t, "max_total", 0);
+        read_request_options(L, t, &profile, &bad);
+        nh = collect_headers(L, t, small, 16, &hdrs);
+        if (bad || nh < 0) return luaL_argerror(L, 1, "engine options contain a NUL byte");
+        profile.headers = hdrs;
+        profile.nheaders = (size_t)nh;
+        o.profile = &profile;
     }
     le = (lengine *)pb_newuserdata(L, sizeof *le, 0);
     le->e = NULL;
     le->next_tag = 0;
     pb_setmetatable(L, PB_ENGINE_MT);
-    le->e = pb_engine_new(&o);
-    if (!le->e) return pb_fail_nomem(L);
+    le->e = pb_engine_new(&o, why, sizeof why);
+    if (!le->e) return luaL_error(L, "cannot create the engine: %s", why);
     return 1;
 }
 
@@ -738,9 +814,9 @@ static int l_engine_add(lua_State *L)
     lengine *le = check_engine(L, 1);
     pb_req r;
     const char *small[16], **hdrs = small;
-    size_t nh = 0, cap = 16;
     char why[160];
-    int bad = 0, rc, hi;
+    int bad = 0, rc;
+    long nh;
 
     pb_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
@@ -748,73 +824,22 @@ static int l_engine_add(lua_State *L)
     r.method = opt_str_field(L, 2, "method", &bad);
     r.url = opt_str_field(L, 2, "url", &bad);
     if (!r.url) return luaL_argerror(L, 2, "request needs a url");
-    if (bad) {
-        lua_pushnil(L);
-        lua_pushstring(L, "method or URL contains a NUL byte");
-        return 2;
-    }
-    r.username = opt_str_field(L, 2, "username", &bad);
-    r.password = opt_str_field(L, 2, "password", &bad);
-    r.ca_file = opt_str_field(L, 2, "ca_file", &bad);
-    r.user_agent = opt_str_field(L, 2, "user_agent", &bad);
-    if (bad) {
-        lua_pushnil(L);
-        lua_pushstring(L, "credentials, ca_file or user agent contain a NUL byte");
-        return 2;
-    }
+    read_request_options(L, 2, &r, &bad);
     lua_getfield(L, 2, "body");
     if (!lua_isnil(L, -1)) {
         if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "request body must be a string");
         r.body = lua_tolstring(L, -1, &r.body_len);
     }
     lua_pop(L, 1);
-    r.timeout_ms = opt_ms_field(L, 2, "timeout");
-    r.connect_timeout_ms = opt_ms_field(L, 2, "connect_timeout");
-    r.max_body = (size_t)opt_long_field(L, 2, "max_body", 0);
-    r.follow = opt_long_field(L, 2, "follow", 0);
-    lua_getfield(L, 2, "insecure");
-    r.insecure = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-
-    /* Headers: an array of "Name: value" lines, or a map {Name = value}.
-     * The lines are gathered in a table that anchors them until added. */
-    lua_getfield(L, 2, "headers");
-    hi = lua_gettop(L);
-    lua_newtable(L);
-    if (!lua_isnil(L, hi)) {
-        if (lua_type(L, hi) != LUA_TTABLE) return luaL_error(L, "request headers must be a table");
+    nh = collect_headers(L, 2, small, 16, &hdrs);
+    if (bad || nh < 0) {
         lua_pushnil(L);
-        while (lua_next(L, hi)) {
-            if (lua_type(L, -2) == LUA_TNUMBER && lua_type(L, -1) == LUA_TSTRING) {
-                lua_pushvalue(L, -1);
-            } else if (lua_type(L, -2) == LUA_TSTRING &&
-                       (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)) {
-                lua_pushvalue(L, -2);
-                lua_pushstring(L, ": ");
-                lua_pushvalue(L, -3);
-                lua_concat(L, 3);
-            } else {
-                return luaL_error(L, "request headers must be strings");
-            }
-            lua_rawseti(L, hi + 1, (int)++nh);
-            lua_pop(L, 1);
-        }
-    }
-    if (nh > cap) hdrs = (const char **)pb_newuserdata(L, nh * sizeof *hdrs, 0);
-    for (cap = 0; cap < nh; cap++) {
-        size_t len;
-        lua_rawgeti(L, hi + 1, (int)cap + 1);
-        hdrs[cap] = lua_tolstring(L, -1, &len);
-        lua_pop(L, 1); /* anchored by the table */
-        if (strlen(hdrs[cap]) != len) {
-            lua_pushnil(L);
-            lua_pushstring(L, "header contains a NUL byte");
-            return 2;
-        }
+        lua_pushstring(L, "request refused: a NUL byte in the method, URL, credentials or headers");
+        return 2;
     }
     r.headers = hdrs;
-    r.nheaders = nh;
-    r.tag = (unsigned long long)(++le->next_tag);
+    r.nheaders = (size_t)nh;
+    r.tag = (unsigned long long)(le->next_tag + 1);
     rc = pb_engine_add(le->e, &r, why, sizeof why);
     if (rc == PB_ENOMEM) return pb_fail_nomem(L);
     if (rc != PB_OK) {
@@ -822,7 +847,31 @@ static int l_engine_add(lua_State *L)
         lua_pushstring(L, why);
         return 2;
     }
-    lua_pushinteger(L, (lua_Integer)r.tag);
+    lua_pushinteger(L, ++le->next_tag);
+    return 1;
+}
+
+/* e:get(url) -> tag | nil, reason: a GET with the engine's profile */
+static int l_engine_get(lua_State *L)
+{
+    lengine *le = check_engine(L, 1);
+    size_t len;
+    const char *url = pb_checkstring(L, 2, &len);
+    char why[160];
+    int rc;
+    if (strlen(url) != len) {
+        lua_pushnil(L);
+        lua_pushstring(L, "URL contains CR, LF or NUL");
+        return 2;
+    }
+    rc = pb_engine_get(le->e, url, (unsigned long long)(le->next_tag + 1), why, sizeof why);
+    if (rc == PB_ENOMEM) return pb_fail_nomem(L);
+    if (rc != PB_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    lua_pushinteger(L, ++le->next_tag);
     return 1;
 }
 
@@ -843,16 +892,21 @@ static const char *const fail_names[] = {
     NULL, "timeout", "connect", "transport", "tls", "too_large", "cancelled",
 };
 
-/* e:next() -> tag, status, body, headers, fail, error, seconds, sent | nil */
+/* e:next() -> tag, status, body, headers, fail, error, seconds, sent | nil
+ * headers (the raw block) is "" for 2xx answers unless e:next(true). */
 static int l_engine_next(lua_State *L)
 {
     lengine *le = check_engine(L, 1);
+    int all_headers = lua_toboolean(L, 2);
     pb_result r;
     if (!pb_engine_next(le->e, &r)) return 0;
     lua_pushinteger(L, (lua_Integer)r.tag);
     lua_pushinteger(L, (lua_Integer)r.status);
     lua_pushlstring(L, r.body, r.body_len);
-    lua_pushlstring(L, r.headers, r.headers_len);
+    if (all_headers || r.status < 200 || r.status > 299)
+        lua_pushlstring(L, r.headers, r.headers_len);
+    else
+        lua_pushliteral(L, "");
     if (r.fail) {
         lua_pushstring(L, fail_names[r.fail]);
         lua_pushstring(L, r.error);
@@ -1037,6 +1091,7 @@ static const luaL_Reg template_meta[] = {
 
 static const luaL_Reg engine_methods[] = {
     { "add", l_engine_add },
+    { "get", l_engine_get },
     { "perform", l_engine_perform },
     { "next", l_engine_next },
     { "pending", l_engine_pending },

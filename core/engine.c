@@ -25,6 +25,7 @@ typedef struct xfer {
     double seconds;
     char err[CURL_ERROR_SIZE];
     unsigned long long tag;
+    int has_profile; /* configured with the engine's profile, as pb_engine_get leaves it */
     struct xfer *prev, *next;
 } xfer;
 
@@ -35,6 +36,11 @@ struct pb_engine {
     xfer *free_list;              /* idle easy handles for reuse */
     xfer *last;                   /* handed out by pb_engine_next */
     size_t nactive, ndone, nfree;
+    /* The profile of pb_engine_get: a private copy of the caller's pb_req. */
+    int has_profile;
+    pb_req profile;
+    struct curl_slist *profile_hdrs;
+    char *profile_ca, *profile_ua, *profile_user, *profile_pass;
 };
 
 int pb_engine_global_init(void)
@@ -52,9 +58,71 @@ const char *pb_engine_curl_version(void)
     return curl_version();
 }
 
-pb_engine *pb_engine_new(const pb_engine_opts *o)
+static char *dup_or_null(const char *s, int *ok)
 {
-    pb_engine *e = calloc(1, sizeof *e);
+    char *d;
+    size_t n;
+    if (!s) return NULL;
+    n = strlen(s) + 1;
+    d = malloc(n);
+    if (!d) {
+        *ok = 0;
+        return NULL;
+    }
+    memcpy(d, s, n);
+    return d;
+}
+
+/* Keeps a private copy of the profile (strings and headers included). */
+static int copy_profile(pb_engine *e, const pb_req *r)
+{
+    size_t i;
+    int ok = 1;
+    e->profile = *r;
+    e->profile.url = NULL;
+    e->profile.method = NULL;
+    e->profile.body = NULL;
+    e->profile.headers = NULL;
+    e->profile.nheaders = 0;
+    e->profile_ca = dup_or_null(r->ca_file, &ok);
+    e->profile_ua = dup_or_null(r->user_agent, &ok);
+    e->profile_user = dup_or_null(r->username, &ok);
+    e->profile_pass = dup_or_null(r->password, &ok);
+    e->profile.ca_file = e->profile_ca;
+    e->profile.user_agent = e->profile_ua;
+    e->profile.username = e->profile_user;
+    e->profile.password = e->profile_pass;
+    for (i = 0; i < r->nheaders && ok; i++) {
+        struct curl_slist *sl = curl_slist_append(e->profile_hdrs, r->headers[i]);
+        if (sl) e->profile_hdrs = sl; else ok = 0;
+    }
+    e->has_profile = 1;
+    return ok ? PB_OK : PB_ENOMEM;
+}
+
+static int header_ok(const char *h);
+static void set_why(char *why, size_t n, const char *msg);
+
+pb_engine *pb_engine_new(const pb_engine_opts *o, char *why, size_t whylen)
+{
+    pb_engine *e;
+    size_t i;
+    set_why(why, whylen, "out of memory");
+    if (o && o->profile) {
+        const pb_req *p = o->profile;
+        for (i = 0; i < p->nheaders; i++)
+            if (!header_ok(p->headers[i])) {
+                set_why(why, whylen, "invalid header (a \"Name: value\" line without CR, LF or NUL)");
+                return NULL;
+            }
+        if ((p->username && strpbrk(p->username, "\r\n")) ||
+            (p->password && strpbrk(p->password, "\r\n")) ||
+            (p->user_agent && strpbrk(p->user_agent, "\r\n"))) {
+            set_why(why, whylen, "credentials or user agent contain CR or LF");
+            return NULL;
+        }
+    }
+    e = calloc(1, sizeof *e);
     if (!e) return NULL;
     e->multi = curl_multi_init();
     if (!e->multi) {
@@ -66,6 +134,10 @@ pb_engine *pb_engine_new(const pb_engine_opts *o)
     if (o && o->max_total_connections > 0)
         curl_multi_setopt(e->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, o->max_total_connections);
     curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    if (o && o->profile && copy_profile(e, o->profile) != PB_OK) {
+        pb_engine_free(e);
+        return NULL;
+    }
     return e;
 }
 
@@ -131,6 +203,11 @@ void pb_engine_free(pb_engine *e)
     }
     xfer_destroy(e->last);
     curl_multi_cleanup(e->multi);
+    curl_slist_free_all(e->profile_hdrs);
+    free(e->profile_ca);
+    free(e->profile_ua);
+    free(e->profile_user);
+    free(e->profile_pass);
     free(e);
 }
 
@@ -201,7 +278,6 @@ static xfer *take_xfer(pb_engine *e)
     if (x) {
         list_remove(&e->free_list, x);
         e->nfree--;
-        curl_easy_reset(x->easy);
     } else {
         x = calloc(1, sizeof *x);
         if (!x) return NULL;
@@ -220,14 +296,11 @@ static xfer *take_xfer(pb_engine *e)
     return x;
 }
 
-int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
+/* Refuses what must never be sent: CR, LF or NUL, other schemes, bad headers. */
+static int check_request(const pb_req *r, const char *method, char *why, size_t whylen)
 {
-    const char *method = r->method ? r->method : "GET";
-    CURL *c;
-    xfer *x;
+    const char *bad;
     size_t i;
-    int ok = 1;
-
     if (!token_ok(method)) {
         set_why(why, whylen, "invalid method");
         return PB_EINVAL;
@@ -236,15 +309,13 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
         set_why(why, whylen, "URL contains CR, LF or NUL");
         return PB_EINVAL;
     }
-    {
-        const char *bad = pb_check_request_url(r->url, strlen(r->url));
-        if (bad) {
-            char msg[96];
-            strcpy(msg, "URL ");
-            strncat(msg, bad, sizeof msg - 5);
-            set_why(why, whylen, msg);
-            return PB_EINVAL;
-        }
+    bad = pb_check_request_url(r->url, strlen(r->url));
+    if (bad) {
+        char msg[96];
+        strcpy(msg, "URL ");
+        strncat(msg, bad, sizeof msg - 5);
+        set_why(why, whylen, msg);
+        return PB_EINVAL;
     }
     for (i = 0; i < r->nheaders; i++) {
         if (!header_ok(r->headers[i])) {
@@ -258,25 +329,18 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
         set_why(why, whylen, "credentials or user agent contain CR, LF or NUL");
         return PB_EINVAL;
     }
+    return PB_OK;
+}
 
-    x = take_xfer(e);
-    if (!x) return PB_ENOMEM;
-    c = x->easy;
-    x->tag = r->tag;
-    x->max_body = r->max_body ? r->max_body : DEFAULT_MAX_BODY;
-
-    for (i = 0; i < r->nheaders && ok; i++) {
-        struct curl_slist *s = curl_slist_append(x->hdrs, r->headers[i]);
-        if (s) x->hdrs = s; else ok = 0;
-    }
-    if (ok && r->body) {
-        /* No "Expect: 100-continue" round trip for our small bodies. */
-        struct curl_slist *s = curl_slist_append(x->hdrs, "Expect:");
-        if (s) x->hdrs = s; else ok = 0;
-    }
-
+/* Resets x's handle and applies everything of r but the URL, the method and
+ * the body; hdrs is the header list to use (owned elsewhere). */
+static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs)
+{
+    CURL *c = x->easy;
+    int ok = 1;
+    curl_easy_reset(c);
+    x->has_profile = 0;
 #define SET(opt, val) ok = ok && curl_easy_setopt(c, opt, val) == CURLE_OK
-    SET(CURLOPT_URL, r->url);
     SET(CURLOPT_PRIVATE, (void *)x);
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_ERRORBUFFER, x->err);
@@ -305,7 +369,49 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
     }
     if (r->user_agent) SET(CURLOPT_USERAGENT, r->user_agent);
     SET(CURLOPT_PIPEWAIT, 1L);
-    if (x->hdrs) SET(CURLOPT_HTTPHEADER, x->hdrs);
+    if (hdrs) SET(CURLOPT_HTTPHEADER, hdrs);
+#undef SET
+    return ok;
+}
+
+static int start(pb_engine *e, xfer *x)
+{
+    if (curl_multi_add_handle(e->multi, x->easy) != CURLM_OK) {
+        recycle(e, x);
+        return PB_ENOMEM;
+    }
+    list_push(&e->active, x);
+    e->nactive++;
+    return PB_OK;
+}
+
+int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
+{
+    const char *method = r->method ? r->method : "GET";
+    CURL *c;
+    xfer *x;
+    size_t i;
+    int ok = 1, rc;
+
+    if ((rc = check_request(r, method, why, whylen)) != PB_OK) return rc;
+    x = take_xfer(e);
+    if (!x) return PB_ENOMEM;
+    c = x->easy;
+    x->tag = r->tag;
+    x->max_body = r->max_body ? r->max_body : DEFAULT_MAX_BODY;
+
+    for (i = 0; i < r->nheaders && ok; i++) {
+        struct curl_slist *sl = curl_slist_append(x->hdrs, r->headers[i]);
+        if (sl) x->hdrs = sl; else ok = 0;
+    }
+    if (ok && r->body) {
+        /* No "Expect: 100-continue" round trip for our small bodies. */
+        struct curl_slist *sl = curl_slist_append(x->hdrs, "Expect:");
+        if (sl) x->hdrs = sl; else ok = 0;
+    }
+    ok = ok && apply_options(x, r, x->hdrs);
+#define SET(opt, val) ok = ok && curl_easy_setopt(c, opt, val) == CURLE_OK
+    SET(CURLOPT_URL, r->url);
     if (strcmp(method, "GET") == 0) {
         SET(CURLOPT_HTTPGET, 1L);
     } else if (strcmp(method, "HEAD") == 0) {
@@ -318,13 +424,45 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
         }
     }
 #undef SET
-    if (!ok || curl_multi_add_handle(e->multi, c) != CURLM_OK) {
+    if (!ok) {
         recycle(e, x);
         return PB_ENOMEM;
     }
-    list_push(&e->active, x);
-    e->nactive++;
-    return PB_OK;
+    return start(e, x);
+}
+
+int pb_engine_get(pb_engine *e, const char *url, unsigned long long tag, char *why,
+                  size_t whylen)
+{
+    pb_req r;
+    xfer *x;
+    int rc;
+    if (!e->has_profile) {
+        memset(&r, 0, sizeof r);
+    } else {
+        r = e->profile;
+    }
+    r.url = url;
+    r.tag = tag;
+    r.nheaders = 0; /* the profile's headers were checked when copied */
+    if ((rc = check_request(&r, "GET", why, whylen)) != PB_OK) return rc;
+    x = take_xfer(e);
+    if (!x) return PB_ENOMEM;
+    x->tag = tag;
+    x->max_body = r.max_body ? r.max_body : DEFAULT_MAX_BODY;
+    if (!x->has_profile) {
+        if (!apply_options(x, &r, e->profile_hdrs) ||
+            curl_easy_setopt(x->easy, CURLOPT_HTTPGET, 1L) != CURLE_OK) {
+            recycle(e, x);
+            return PB_ENOMEM;
+        }
+        x->has_profile = 1;
+    }
+    if (curl_easy_setopt(x->easy, CURLOPT_URL, url) != CURLE_OK) {
+        recycle(e, x);
+        return PB_ENOMEM;
+    }
+    return start(e, x);
 }
 
 static int classify(xfer *x, CURLcode rc)

@@ -14,9 +14,14 @@
 
 typedef struct pb_engine pb_engine;
 
+struct pb_req;
+
 typedef struct pb_engine_opts {
     long max_host_connections;  /* 0 = no limit */
     long max_total_connections; /* 0 = no limit */
+    /* Options for pb_engine_get (all but url, method and body are used;
+     * copied). NULL = plain GETs with libcurl's defaults. */
+    const struct pb_req *profile;
 } pb_engine_opts;
 
 typedef struct pb_req {
@@ -69,7 +74,9 @@ void pb_engine_global_cleanup(void);
 /* libcurl's version string, e.g. "libcurl/7.88.1 OpenSSL/3.0.11 ..." */
 const char *pb_engine_curl_version(void);
 
-pb_engine *pb_engine_new(const pb_engine_opts *o);
+/* Returns NULL when memory runs out or the profile is invalid (a reason in
+ * why when given). */
+pb_engine *pb_engine_new(const pb_engine_opts *o, char *why, size_t whylen);
 /* Aborts every transfer and frees everything. */
 void pb_engine_free(pb_engine *e);
 
@@ -77,6 +84,13 @@ void pb_engine_free(pb_engine *e);
  * why (then nothing was sent). */
 #define PB_EINVAL (-3)
 int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen);
+
+/* Starts a GET of url with the engine's profile (see pb_engine_opts): the
+ * fast path for firing postbacks. A pooled handle that already carries the
+ * profile is reused as it is, with only its URL changed. Same returns as
+ * pb_engine_add. */
+int pb_engine_get(pb_engine *e, const char *url, unsigned long long tag, char *why,
+                  size_t whylen);
 
 /* Drives transfers, waiting at most timeout_ms (0 = never wait) for one to
  * finish. Returns the number of finished transfers waiting to be taken, or

@@ -10,7 +10,10 @@
 local core = require "postback.core"
 local errors = require "postback.errors"
 local json = require "postback.json"
+local pump = require "postback.pump"
 local retry = require "postback.retry"
+local curl_result = require("postback.transport.curl").result
+local curl_header = require("postback.transport.curl").header
 
 local M = {}
 local Client = {}
@@ -255,7 +258,7 @@ function Client:interpret(req, resp, err)
     return nil, errors.new("http", {
       message = ("HTTP %d: %s"):format(status, snippet(body)),
       status = status, method = method, url = url, retryable = retryable,
-      retry_after = resp.headers and resp.headers["retry-after"],
+      retry_after = curl_header(resp, "retry-after"),
     })
   end
   local code = json.tointeger(doc.code) or doc.code
@@ -269,7 +272,7 @@ function Client:interpret(req, resp, err)
   return nil, errors.new("api", {
     message = message, status = status, code = code, method = method, url = url,
     retryable = retryable and not ok_status,
-    retry_after = resp.headers and resp.headers["retry-after"],
+    retry_after = curl_header(resp, "retry-after"),
   })
 end
 
@@ -363,11 +366,28 @@ local function need_table(v, n, fname)
   end
 end
 
---- POST /v1/affiliate_postbacks: the created postback, or nil, err.
--- Sends offer_id, affiliate_id, event_id (when given), type and code.
-function Client:create(rec)
+-- Each call is prepared first: checked, validated against the offer's
+-- protocol, and described as {method, path, query, body, finish}. `finish`
+-- turns the API's data into the value the call returns. The blocking
+-- methods run a prepared call at once; batch runs many concurrently.
+local prepare = {}
+
+local function run(self, call, err)
+  if not call then return nil, err end
+  local data, cerr = self:call(call.method, call.path, call.query, call.body)
+  if data == nil then return nil, cerr end
+  return call.finish(data)
+end
+
+local function expect_postback(self, method, path)
+  return function(data)
+    return need_postback(self, data, method, path)
+  end
+end
+
+function prepare.create(self, rec)
   need_table(rec, 1, "create")
-  local ok, err = check_record(self, rec, false, json.tointeger(rec.offer_id or -1))
+  local ok, err = check_record(self, rec, false, json.tointeger(type(rec.offer_id) == "number" and rec.offer_id or -1))
   if not ok then return nil, err end
   local body = {}
   for _, k in ipairs(CREATE_FIELDS) do
@@ -376,23 +396,17 @@ function Client:create(rec)
     body[k] = v
   end
   local path = "/v1/affiliate_postbacks"
-  local data, cerr = self:call("POST", path, nil, body)
-  if not data then return nil, cerr end
-  return need_postback(self, data, "POST", path)
+  return { method = "POST", path = path, body = body, finish = expect_postback(self, "POST", path) }
 end
 
---- GET /v1/affiliate_postbacks/{id}: the postback, or nil, err.
-function Client:get(id)
+function prepare.get(self, id)
   local sid, err = id_string(id)
   if not sid then return nil, err end
   local path = "/v1/affiliate_postbacks/" .. sid
-  local data, cerr = self:call("GET", path)
-  if not data then return nil, cerr end
-  return need_postback(self, data, "GET", path)
+  return { method = "GET", path = path, finish = expect_postback(self, "GET", path) }
 end
 
---- PUT /v1/affiliate_postbacks/{id} with any of code, status, type.
-function Client:update(id, fields)
+function prepare.update(self, id, fields)
   local sid, err = id_string(id)
   if not sid then return nil, err end
   need_table(fields, 2, "update")
@@ -410,6 +424,7 @@ function Client:update(id, fields)
   if n == 0 then return nil, invalid("update needs at least one of code, status, type", "fields", "required") end
   local offer_id
   if body.type ~= nil and self.check_protocol then
+    -- The rule depends on the postback's offer: read it first.
     local current, gerr = self:get(id)
     if not current then return nil, gerr end
     offer_id = current.offer_id
@@ -417,32 +432,117 @@ function Client:update(id, fields)
   local ok, verr = check_record(self, body, true, offer_id)
   if not ok then return nil, verr end
   local path = "/v1/affiliate_postbacks/" .. sid
-  local data, cerr = self:call("PUT", path, nil, body)
-  if not data then return nil, cerr end
-  return need_postback(self, data, "PUT", path)
+  return { method = "PUT", path = path, body = body, finish = expect_postback(self, "PUT", path) }
 end
 
---- PATCH /v1/affiliate_postbacks/{id}?status=approved|rejected (no body).
-function Client:set_status(id, status)
+function prepare.set_status(self, id, status)
   local sid, err = id_string(id)
   if not sid then return nil, err end
   if status ~= "approved" and status ~= "rejected" then
     return nil, invalid(('status must be "approved" or "rejected", got %s'):format(tostring(status)), "status", "invalid_status")
   end
   local path = "/v1/affiliate_postbacks/" .. sid
-  local data, cerr = self:call("PATCH", path, "status=" .. status)
-  if not data then return nil, cerr end
-  return need_postback(self, data, "PATCH", path)
+  return { method = "PATCH", path = path, query = "status=" .. status, finish = expect_postback(self, "PATCH", path) }
 end
+
+function prepare.delete(self, id)
+  local sid, err = id_string(id)
+  if not sid then return nil, err end
+  return { method = "DELETE", path = "/v1/affiliate_postbacks/" .. sid,
+           finish = function(data) return postback_of(data) or true end }
+end
+
+M.prepare = prepare
+
+--- POST /v1/affiliate_postbacks: the created postback, or nil, err.
+-- Sends offer_id, affiliate_id, event_id (when given), type and code; other
+-- postback fields (id, status, times) are read-only and not sent.
+function Client:create(rec) return run(self, prepare.create(self, rec)) end
+
+--- GET /v1/affiliate_postbacks/{id}: the postback, or nil, err.
+function Client:get(id) return run(self, prepare.get(self, id)) end
+
+--- PUT /v1/affiliate_postbacks/{id} with any of code, status, type.
+function Client:update(id, fields) return run(self, prepare.update(self, id, fields)) end
+
+--- PATCH /v1/affiliate_postbacks/{id}?status=approved|rejected (no body).
+function Client:set_status(id, status) return run(self, prepare.set_status(self, id, status)) end
 
 --- DELETE /v1/affiliate_postbacks/{id}: the deleted postback when the API
 -- returns it, else true.
-function Client:delete(id)
-  local sid, err = id_string(id)
-  if not sid then return nil, err end
-  local data, cerr = self:call("DELETE", "/v1/affiliate_postbacks/" .. sid)
-  if not data then return nil, cerr end
-  return postback_of(data) or true
+function Client:delete(id) return run(self, prepare.delete(self, id)) end
+
+--- Many API calls at once. ops is an array of {name, args...} with name one
+-- of create, get, update, set_status, delete, e.g. {"update", 7, {code = c}}.
+-- opts: concurrency (default 8), on_progress(done, total, result, index).
+-- Returns an array of results in op order: {ok = true, value = v} or
+-- {ok = false, error = err}. Each op is retried by the client's rules.
+function Client:batch(ops, opts)
+  need_table(ops, 1, "batch")
+  if opts ~= nil then need_table(opts, 2, "batch") end
+  opts = opts or {}
+  local concurrency = opts.concurrency or 8
+  if type(concurrency) ~= "number" or concurrency < 1 then
+    error("bad argument #2 to 'batch' (option concurrency must be >= 1)", 2)
+  end
+  local on_progress = opts.on_progress
+  if on_progress ~= nil and type(on_progress) ~= "function" then
+    error("bad argument #2 to 'batch' (option on_progress must be a function)", 2)
+  end
+  local total, done, results = #ops, 0, {}
+  local function complete(i, value, err)
+    results[i] = value ~= nil and { ok = true, value = value } or { ok = false, error = err }
+    done = done + 1
+    if on_progress then on_progress(done, total, results[i], i) end
+  end
+
+  -- Prepare every op (local checks, protocol look-ups) before sending any.
+  local calls = {}
+  for i = 1, total do
+    local op = ops[i]
+    local fn = type(op) == "table" and prepare[op[1]]
+    if not fn then
+      complete(i, nil, invalid(("op %d: expected {name, args...} with name one of create, get, "
+        .. "update, set_status, delete"):format(i), "op", "invalid"))
+    else
+      local call, err = fn(self, op[2], op[3])
+      if call then calls[#calls + 1] = { i, call } else complete(i, nil, err) end
+    end
+  end
+
+  if not self.transport_object or not self.transport_object.engine then
+    -- A custom transport: one call at a time.
+    for _, c in ipairs(calls) do complete(c[1], run(self, c[2])) end
+    return results
+  end
+
+  local started_at = core.now()
+  local p
+  p = pump.new { concurrency = concurrency, finish = function(job, ...)
+    local resp, terr = curl_result(...)
+    local data, err = self:interpret(job.req, resp, terr)
+    report(self, { method = job.req.method, url = redact_url(job.req.url), attempt = job.attempts,
+      status = resp and resp.status or nil, error = err and tostring(err) or nil })
+    if data ~= nil then
+      complete(job.index, job.call.finish(data))
+      return nil
+    end
+    err.attempts = job.attempts
+    if err.retryable then
+      local delay = retry.next_delay(self, job.attempts, job.started or started_at, retry.retry_after(err.retry_after))
+      if delay then return delay end
+    end
+    complete(job.index, nil, err)
+  end }
+  for _, c in ipairs(calls) do
+    local call = c[2]
+    local req, berr = self:build(call.method, call.path, call.query, call.body)
+    if req then p:push { req = req, index = c[1], call = call } else complete(c[1], nil, berr) end
+  end
+  local ok, perr = pcall(p.run, p)
+  p:close()
+  if not ok then error(perr, 0) end
+  return results
 end
 
 local function scalar(v, what)

@@ -80,8 +80,8 @@ function M.new(opts)
     error("bad argument #1 to 'dispatcher' (option spool must be a path)", 2)
   end
   local self = setmetatable({ opts = o, next_id = 0, delivered = 0, failed = 0 }, Dispatcher)
-  self.pump = pump.new { concurrency = o.concurrency, per_host = o.per_host,
-    finish = function(job, resp, err) return self:finish(job, resp, err) end }
+  self.pump = pump.new { concurrency = o.concurrency, per_host = o.per_host, profile = fire.profile(o),
+    finish = function(job, ...) return self:finish(job, ...) end }
 
   if o.spool then
     local pending, last, skipped = spool_read(o.spool)
@@ -96,7 +96,9 @@ function M.new(opts)
     self.spool = sp
     self.next_id = last
     for _, rec in ipairs(pending) do
-      self.pump:push { id = rec.id, req = fire.request(rec.url, o, rec.headers), spooled = true }
+      local job = fire.job(rec.url, o, rec.headers)
+      job.id, job.spooled = rec.id, true
+      self.pump:push(job)
     end
   end
   return self
@@ -120,15 +122,18 @@ function Dispatcher:fire(target, values, opts)
   local o = self.opts
   local render_opts = o
   if opts and (opts.encode or opts.missing) then
-    render_opts = { render = { encode = opts.encode or o.render.encode, missing = opts.missing or o.render.missing } }
+    local base = o.render or {}
+    render_opts = { render = { encode = opts.encode or base.encode or "url",
+                               missing = opts.missing or base.missing or "empty" } }
   end
   local url, err = fire.render_target(target, values, render_opts)
   if not url then return nil, err end
-  local headers = opts and opts.headers or o.headers
+  local headers = opts and opts.headers
   local delay = opts and opts.delay or o.delay
   self.next_id = self.next_id + 1
   local id = self.next_id
-  local job = { id = id, req = fire.request(url, o, headers) }
+  local job = fire.job(url, o, headers)
+  job.id = id
   if self.spool then
     local ok, serr = spool_write(self, { op = "add", id = id, url = url, headers = headers })
     if not ok then return nil, errors.new("transport", { message = "spool: " .. serr }) end
@@ -139,9 +144,9 @@ function Dispatcher:fire(target, values, opts)
   return id
 end
 
-function Dispatcher:finish(job, resp, err)
+function Dispatcher:finish(job, ...)
   local o = self.opts
-  local r, again = fire.judge(o, job, resp, err)
+  local r, again = fire.judge(o, job, ...)
   r.id = job.id
   if o.on_attempt then
     o.on_attempt { id = job.id, attempt = job.attempts, status = r.status, ok = r.ok,

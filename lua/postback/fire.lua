@@ -7,6 +7,7 @@
 --   {ok=, status=, body= (capped), attempts=, time=, url=, error=}
 -- where error is set when ok is false.
 local core = require "postback.core"
+local curl = require "postback.transport.curl"
 local errors = require "postback.errors"
 local pump = require "postback.pump"
 local retry = require "postback.retry"
@@ -61,7 +62,10 @@ function M.options(opts, n, fname, base)
   if o.encode ~= nil and o.encode ~= "url" and o.encode ~= "none" then
     argerror(n, fname, "option encode must be \"url\" or \"none\"")
   end
-  o.render = { encode = o.encode or "url", missing = o.missing or "empty" }
+  -- nil when default: rendering then reads no option table at all
+  if (o.encode or "url") ~= "url" or (o.missing or "empty") ~= "empty" then
+    o.render = { encode = o.encode or "url", missing = o.missing or "empty" }
+  end
   if type(okst) == "table" then
     local set = {}
     for _, s in ipairs(okst) do set[s] = true end
@@ -75,8 +79,9 @@ local function is_template(v)
 end
 
 --- Renders a target into the URL to GET: url, or nil, err.
--- cache (optional) maps code strings to parsed templates.
-function M.render_target(target, values, o, cache)
+-- cache (optional) maps code strings to parsed templates. The URL is checked
+-- unless `unchecked` (the engine checks it again before sending anyway).
+function M.render_target(target, values, o, cache, unchecked)
   local t = target
   if type(target) == "table" and not is_template(target) then
     local ty = target.type
@@ -116,6 +121,7 @@ function M.render_target(target, values, o, cache)
       message = "a target is a URL string, a template or a postback record, got " .. type(t) })
   end
   if not url then return nil, err end
+  if unchecked then return url end
   local ok, why = core.check_url(url)
   if not ok then
     return nil, errors.new("validation", { code = "invalid_url", field = "url",
@@ -124,14 +130,25 @@ function M.render_target(target, values, o, cache)
   return url
 end
 
---- The transport request for a rendered URL.
-function M.request(url, o, headers)
+--- The engine profile of fire options: what every GET shares.
+function M.profile(o)
   return {
-    method = "GET", url = url, headers = headers or o.headers,
-    timeout = o.timeout, connect_timeout = o.connect_timeout,
-    max_body = o.max_body, follow = o.follow,
-    insecure = o.insecure, ca_file = o.ca_file, user_agent = o.user_agent,
+    timeout = o.timeout, connect_timeout = o.connect_timeout, max_body = o.max_body,
+    follow = o.follow, insecure = o.insecure, ca_file = o.ca_file, user_agent = o.user_agent,
+    headers = o.headers,
   }
+end
+
+--- A pump job for a rendered URL: url-only (the profile's fast path) unless
+-- this postback has headers of its own, which are merged over the profile's.
+function M.job(url, o, headers)
+  if headers == nil then return { url = url } end
+  local merged = {}
+  for k, v in pairs(o.headers or {}) do merged[k] = v end
+  for k, v in pairs(headers) do merged[k] = v end
+  local req = M.profile(o)
+  req.method, req.url, req.headers = "GET", url, merged
+  return { req = req }
 end
 
 local function status_ok(o, status)
@@ -142,37 +159,47 @@ local function status_ok(o, status)
   return status == okst
 end
 
---- Judges a finished attempt. Returns result, retry (boolean).
-function M.judge(o, job, resp, err)
-  local redact = require("postback.client").redact_url
-  local r = { ok = false, attempts = job.attempts, url = redact(job.req.url),
-              time = core.now() - job.started, index = job.index, item = job.item }
-  if not resp then
-    err.url, err.method, err.attempts = r.url, "GET", job.attempts
+--- Judges a finished attempt (the values engine:next returns).
+-- Returns result, retry (boolean).
+function M.judge(o, job, status, body, raw, fail, message, seconds, sent)
+  local url = job.url or job.req.url
+  if url:find("@", 1, true) then url = require("postback.client").redact_url(url) end
+  local attempts = job.attempts
+  local r = { ok = false, attempts = attempts, url = url,
+              time = attempts == 1 and seconds or (core.now() - job.started) }
+  if fail then
+    local err
+    if fail == "refused" then
+      err = errors.new("validation", { message = message, retryable = false, sent = false })
+    else
+      err = select(2, curl.result(status, body, raw, fail, message, seconds, sent))
+    end
+    err.url, err.method, err.attempts = url, "GET", job.attempts
     r.error = err
-    return r, err.retryable ~= false and (err.kind == "transport" or err.kind == "timeout")
+    return r, err.retryable and true or false
   end
-  r.status, r.body = resp.status, resp.body
-  if status_ok(o, resp.status) then
-    if o.ok_body and not resp.body:find(o.ok_body) then
-      r.error = errors.new("http", { status = resp.status, url = r.url, method = "GET",
+  r.status, r.body = status, body
+  if status_ok(o, status) then
+    if o.ok_body and not body:find(o.ok_body) then
+      r.error = errors.new("http", { status = status, url = url, method = "GET",
         attempts = job.attempts, retryable = false,
-        message = "the receiver answered " .. resp.status .. " but its body does not match ok_body" })
+        message = "the receiver answered " .. status .. " but its body does not match ok_body" })
       return r, false
     end
     r.ok = true
     return r, false
   end
-  local retryable = retry.retryable("GET", resp.status, nil, false)
-  r.error = errors.new("http", { status = resp.status, url = r.url, method = "GET",
+  local retryable = retry.retryable("GET", status, nil, false)
+  r.error = errors.new("http", { status = status, url = url, method = "GET",
     attempts = job.attempts, retryable = retryable,
-    retry_after = resp.headers["retry-after"],
-    message = ("the receiver answered HTTP %d"):format(resp.status) })
+    retry_after = retryable and curl.header({ raw_headers = raw }, "retry-after") or nil,
+    message = "the receiver refused the postback" })
   return r, retryable
 end
 
 --- The delay before retrying job, or nil when it must not be retried again.
 function M.retry_delay(o, job, r)
+  job.started = job.started or (core.now() - (r.time or 0))
   local ra = r.error and retry.retry_after(r.error.retry_after)
   return retry.next_delay({ retries = o.retries, backoff_base = o.backoff_base,
     backoff_max = o.backoff_max, max_retry_time = o.max_retry_time }, job.attempts, job.started, ra)
@@ -206,8 +233,20 @@ function M.fire_many(items, opts)
   end
 
   local p
-  local function finish(job, resp, err)
-    local r, again = M.judge(o, job, resp, err)
+  local plain = o.ok_status == nil and o.ok_body == nil
+  local function finish(job, status, body, raw, fail, message, seconds, sent)
+    if plain and not fail and status >= 200 and status <= 299 and job.attempts == 1
+       and not job.url:find("@", 1, true) then
+      -- The common case, without the general judge: the job table
+      -- becomes the result.
+      local i = job.index
+      job.index = nil
+      job.ok, job.status, job.body, job.time = true, status, body, seconds
+      if results then results[i] = job end
+      if on_result then on_result(job, i) end
+      return nil
+    end
+    local r, again = M.judge(o, job, status, body, raw, fail, message, seconds, sent)
     if again then
       local delay = M.retry_delay(o, job, r)
       if delay then return delay end
@@ -216,47 +255,51 @@ function M.fire_many(items, opts)
   end
 
   -- Turns item i into a job, or delivers its error at once.
+  local render_opts = o.render
   local function make_job(item, i)
+    if type(item) == "table" then
+      -- The common shape {url = code, values = {...}}, rendered directly.
+      local code, values = item.url, item.values
+      if type(code) == "string" and item.headers == nil and item.code == nil and type(values) == "table" then
+        local tpl = cache[code]
+        if not tpl then
+          tpl = core.template(code)
+          cache[code] = tpl
+        end
+        local url, err = tpl:render(values, render_opts)
+        if url then return { url = url, index = i } end
+        deliver({ ok = false, attempts = 0, time = 0, error = err, index = i })
+        return nil
+      end
+    end
     local target, values, headers = item, nil, nil
     if type(item) == "table" and not is_template(item) and item.code == nil then
       target, values, headers = item.url, item.values, item.headers
     end
-    local url, err = M.render_target(target, values, o, cache)
+    local url, err = M.render_target(target, values, o, cache, true)
     if not url then
       deliver({ ok = false, attempts = 0, time = 0, error = err, index = i })
       return nil
     end
-    return { req = M.request(url, o, headers), index = i }
+    local job = M.job(url, o, headers)
+    job.index = i
+    return job
   end
 
-  local n = 0
-  local next_item
-  if it == "table" then
-    local len = #items
-    next_item = function()
-      if n >= len then return nil end
-      n = n + 1
-      return items[n], n
-    end
-  else
-    next_item = function()
-      local item = items()
-      if item == nil then return nil end
-      n = n + 1
-      return item, n
-    end
-  end
+  local len = it == "table" and #items or math.huge
   local function source()
-    while true do
-      local item, i = next_item()
+    while count < len do
+      local item
+      if it == "table" then item = items[count + 1] else item = items() end
       if item == nil then return nil end
-      count = i
-      local job = make_job(item, i)
+      count = count + 1
+      local job = make_job(item, count)
       if job then return job end
     end
   end
 
-  p = pump.new { concurrency = o.concurrency, per_host = o.per_host, finish = finish, source = source }
+  p = pump.new { concurrency = o.concurrency, per_host = o.per_host, finish = finish, source = source,
+                 profile = M.profile(o) }
   local ok, perr = pcall(p.run, p)
   p:close()
   if not ok then error(perr, 0) end
@@ -273,15 +316,15 @@ function M.fire(target, values, opts)
   local url, err = M.render_target(target, values, o)
   if not url then return nil, err end
   local result
-  local p = pump.new { concurrency = 1, finish = function(job, resp, terr)
-    local r, again = M.judge(o, job, resp, terr)
+  local p = pump.new { concurrency = 1, profile = M.profile(o), finish = function(job, ...)
+    local r, again = M.judge(o, job, ...)
     if again then
       local delay = M.retry_delay(o, job, r)
       if delay then return delay end
     end
     result = r
   end }
-  p:push({ req = M.request(url, o) })
+  p:push(M.job(url, o))
   local ok, perr = pcall(p.run, p)
   p:close()
   if not ok then error(perr, 0) end

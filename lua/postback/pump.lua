@@ -2,24 +2,28 @@
 --
 -- fire_many, the dispatcher and client:batch all drive their transfers
 -- through a pump. A job is a table with a `req` (a transport request) and
--- the pump's bookkeeping; the owner's `finish(job, resp, err)` decides what
+-- the pump's bookkeeping, or just a `url` for a GET with the pump's request
+-- profile (the fast path). The owner's `finish(job, status, body, headers,
+-- fail, message, seconds, sent)` gets what engine:next returns, decides what
 -- a finished transfer means and returns a delay in seconds to try the job
 -- again, or nil when the job is over. Jobs wait in a FIFO until a slot is
 -- free, or in a heap until their due time (delays and retries). An optional
 -- `source()` is pulled for new jobs only when there is room, so an iterator
 -- of a million items runs in constant memory.
 local core = require "postback.core"
-local curl = require "postback.transport.curl"
-local errors = require "postback.errors"
 
 local M = {}
 local Pump = {}
 Pump.__index = Pump
 
---- opts: concurrency (default 16), per_host, finish (function), source (function|nil)
+--- opts: concurrency (default 16), per_host, finish (function), source
+-- (function|nil), profile (request options for url-only jobs: timeout,
+-- connect_timeout, max_body, follow, insecure, ca_file, user_agent, headers)
 function M.new(opts)
   local self = setmetatable({}, Pump)
-  self.engine = core.engine { max_host = opts.per_host }
+  local e = { max_host = opts.per_host }
+  for k, v in pairs(opts.profile or {}) do e[k] = v end
+  self.engine = core.engine(e)
   self.concurrency = opts.concurrency or 16
   self.finish = opts.finish
   self.source = opts.source
@@ -87,13 +91,12 @@ end
 
 local function start(self, job)
   job.attempts = (job.attempts or 0) + 1
-  job.started = job.started or core.now()
-  local tag, why = self.engine:add(job.req)
+  local engine = self.engine
+  local tag, why
+  if job.req then tag, why = engine:add(job.req) else tag, why = engine:get(job.url) end
   if not tag then
     -- Refused before sending: final, never retried.
-    self.finish(job, nil, errors.new("validation", {
-      message = "request refused before sending: " .. why, retryable = false, sent = false,
-    }))
+    self.finish(job, 0, "", "", "refused", "request refused before sending: " .. why, 0, false)
     return
   end
   self.inflight[tag] = job
@@ -111,19 +114,6 @@ function Pump:fill()
     else
       start(self, job)
     end
-  end
-end
-
-local function handle(self, tag, status, body, raw, fail, message, seconds, sent)
-  local job = self.inflight[tag]
-  if not job then return end
-  self.inflight[tag] = nil
-  self.ninflight = self.ninflight - 1
-  local resp, err = curl.result(status, body, raw, fail, message, seconds, sent)
-  local delay = self.finish(job, resp, err)
-  if delay then
-    job.due = core.now() + delay
-    self:push(job)
   end
 end
 
@@ -155,13 +145,22 @@ function Pump:step(timeout)
   elseif self.heap[1] then
     wait = math.min(wait, math.max(0, self.heap[1].due - core.now()))
   end
-  local engine, done = self.engine, 0
+  local engine, inflight, finish, done = self.engine, self.inflight, self.finish, 0
   engine:perform(wait)
   while true do
     local tag, status, body, raw, fail, message, seconds, sent = engine:next()
     if not tag then break end
-    done = done + 1
-    handle(self, tag, status, body, raw, fail, message, seconds, sent)
+    local job = inflight[tag]
+    if job then
+      inflight[tag] = nil
+      self.ninflight = self.ninflight - 1
+      done = done + 1
+      local delay = finish(job, status, body, raw, fail, message, seconds, sent)
+      if delay then
+        job.due = core.now() + delay
+        self:push(job)
+      end
+    end
   end
   self:fill()
   return done

@@ -27,7 +27,18 @@ function M.parse_headers(raw)
   return h
 end
 
+--- A response header by lowercase name, parsing the raw block on first use.
+function M.header(resp, name)
+  local h = resp.headers
+  if not h and resp.raw_headers then
+    h = M.parse_headers(resp.raw_headers)
+    resp.headers = h
+  end
+  return h and h[name]
+end
+
 --- Turns one finished transfer (as engine:next returns it) into response or nil, err.
+-- The response's headers are parsed on first use (see M.header).
 function M.result(status, body, raw_headers, fail, message, seconds, sent)
   if fail then
     return nil, errors.new(fail == "timeout" and "timeout" or "transport", {
@@ -38,7 +49,7 @@ function M.result(status, body, raw_headers, fail, message, seconds, sent)
       seconds = seconds,
     })
   end
-  return { status = status, body = body, headers = M.parse_headers(raw_headers), seconds = seconds }
+  return { status = status, body = body, raw_headers = raw_headers, seconds = seconds }
 end
 
 --- A new transport with its own engine (its own connection cache).
@@ -72,7 +83,7 @@ function M:request(req)
     end
     engine:perform(1)
     while true do
-      local t, status, body, raw, fail, message, seconds, sent = engine:next()
+      local t, status, body, raw, fail, message, seconds, sent = engine:next(true)
       if not t then break end
       if t == tag then return M.result(status, body, raw, fail, message, seconds, sent) end
       self.stash[t] = { status, body, raw, fail, message, seconds, sent }
