@@ -287,7 +287,7 @@ static int render(lua_State *L, ltemplate *lt, int ti, int vi, int oi, int optar
     pb_render_err err;
     pb_buf local, *out;
     size_t i;
-    int base, rc;
+    int rc;
 
     ro.missing = pb_optenum(L, oi, optarg, "missing", "empty", missing_names);
     ro.encode = pb_optenum(L, oi, optarg, "encode", "url", encode_names);
@@ -296,16 +296,23 @@ static int render(lua_State *L, ltemplate *lt, int ti, int vi, int oi, int optar
         if (t->nnames > (size_t)-1 / sizeof *vals) return pb_fail_nomem(L);
         vals = (pb_value *)pb_newuserdata(L, t->nnames * sizeof *vals, 0);
     }
-    if (t->nnames > 1000000 || !lua_checkstack(L, (int)t->nnames + 4))
-        return luaL_error(L, "template has too many macros to render");
-    base = lua_gettop(L);
+    if (t->nnames > 0x7fffffff) return luaL_error(L, "template has too many macros to render");
     if (vi && t->nnames) {
+        /* Looked-up values must stay alive while their strings are used:
+         * on the stack when few, else in a table (stacks are limited). */
+        int on_stack = t->nnames <= 64 && lua_checkstack(L, (int)t->nnames + 4);
+        int names, keep = 0;
         pb_getuservalue(L, ti);
-        base = lua_gettop(L);
+        names = lua_gettop(L);
+        if (!on_stack) {
+            lua_createtable(L, (int)t->nnames, 0);
+            keep = lua_gettop(L);
+        }
         for (i = 0; i < t->nnames; i++) {
-            lua_rawgeti(L, base, (int)(i + 1));
-            lua_gettable(L, vi); /* honours __index; the value stays on the stack */
+            lua_rawgeti(L, names, (int)(i + 1));
+            lua_gettable(L, vi); /* honours __index */
             pb_tovalue(L, -1, &vals[i]);
+            if (!on_stack) lua_rawseti(L, keep, (int)(i + 1));
         }
     } else {
         memset(vals, 0, t->nnames * sizeof *vals);
@@ -507,10 +514,9 @@ static int l_validate(lua_State *L)
     memset(&o, 0, sizeof o);
     o.partial = lua_toboolean(L, 2);
     if (!lua_isnoneornil(L, 3)) {
-        double p;
         pb_checktype(L, 3, LUA_TNUMBER);
-        p = (double)lua_tonumber(L, 3);
-        o.protocol = (p == floor(p) && fabs(p) < 1e9 && p != 0) ? (long long)p : -1;
+        o.has_protocol = 1;
+        o.protocol = (double)lua_tonumber(L, 3);
     }
     if (!lua_isnoneornil(L, 4)) {
         lua_Number m;
@@ -603,8 +609,8 @@ static int l_validate(lua_State *L)
         lua_setfield(L, -2, "code");
         lua_pushstring(L, e->message);
         lua_setfield(L, -2, "message");
-        if (e->macro[0]) {
-            lua_pushstring(L, e->macro);
+        if (e->macro) {
+            lua_pushlstring(L, e->macro, e->macro_len);
             lua_setfield(L, -2, "macro");
         }
         lua_rawseti(L, -2, (int)i + 1);

@@ -44,6 +44,13 @@ build = {
       libraries = { "curl" },
     },
     ["postback"] = "lua/postback/init.lua",
+    ["postback.client"] = "lua/postback/client.lua",
+    ["postback.dispatcher"] = "lua/postback/dispatcher.lua",
     ["postback.errors"] = "lua/postback/errors.lua",
+    ["postback.fire"] = "lua/postback/fire.lua",
+    ["postback.json"] = "lua/postback/json.lua",
+    ["postback.pump"] = "lua/postback/pump.lua",
+    ["postback.retry"] = "lua/postback/retry.lua",
+    ["postback.transport.curl"] = "lua/postback/transport/curl.lua",
   },
 }

@@ -62,7 +62,8 @@ static pb_verror *add(ctx *c, int field, const char *name, size_t len, int code,
     e->field_name = name;
     e->field_len = len;
     e->code = code;
-    e->macro[0] = '\0';
+    e->macro = NULL;
+    e->macro_len = 0;
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
@@ -196,9 +197,9 @@ static int check_code(ctx *c, const pb_record *r, const pb_validate_opts *o, int
             e = ADD(c, PB_FLD_CODE, PB_E_UNKNOWN_MACRO,
                     "code uses {%.*s}, which is not a documented macro", len, name);
         if (e) {
-            size_t n = nm->len < sizeof e->macro - 1 ? nm->len : sizeof e->macro - 1;
-            memcpy(e->macro, name, n);
-            e->macro[n] = '\0';
+            /* The template parsed a copy of the code: same offsets. */
+            e->macro = f->s + nm->off;
+            e->macro_len = nm->len;
         }
     }
     pb_template_free(t);
@@ -225,11 +226,12 @@ long pb_validate(const pb_record *r, const pb_validate_opts *o, pb_verror *errs,
     check_int(&c, r, o, PB_FLD_EVENT_ID, 0, 1, PB_MAX_ID, &ev);
     type_ok = check_int(&c, r, o, PB_FLD_TYPE, 1, 1, 3, &type);
 
-    if (o->protocol) {
-        allowed = pb_allowed_types(o->protocol);
+    if (o->has_protocol) {
+        double p = o->protocol;
+        if (p >= 1 && p <= 3 && p == (double)(long long)p) allowed = pb_allowed_types((long long)p);
         if (!allowed)
             add(&c, PB_FIELD_PROTOCOL, "conversion_protocol", 19, PB_E_RANGE,
-                "conversion_protocol must be 1, 2 or 3, got %lld", o->protocol);
+                "conversion_protocol must be 1, 2 or 3, got %.14g", p);
     }
     if (type_ok && allowed && !(offer_ok && offer == 0) && !(allowed & (1u << type))) {
         char list[64];
@@ -237,7 +239,7 @@ long pb_validate(const pb_record *r, const pb_validate_opts *o, pb_verror *errs,
         ADD(&c, PB_FLD_TYPE, PB_E_TYPE_NOT_ALLOWED,
             "type %lld (%s) is not allowed for an offer with conversion_protocol %lld "
             "(allowed: %s)",
-            type, type_names[type], o->protocol, list);
+            type, type_names[type], (long long)o->protocol, list);
     }
 
     st = &r->f[PB_FLD_STATUS];

@@ -52,7 +52,8 @@ typedef struct pb_record {
 
 typedef struct pb_validate_opts {
     int partial;             /* check only the fields present */
-    long long protocol;      /* the offer's conversion_protocol; 0 = not given */
+    int has_protocol;        /* 1 when the offer's conversion_protocol is given */
+    double protocol;         /* that protocol (1, 2 or 3 are valid) */
     size_t max_code_len;     /* 0 = PB_DEFAULT_MAX_CODE_LEN */
     int allow_unknown_macros;
 } pb_validate_opts;
@@ -83,7 +84,8 @@ typedef struct pb_verror {
     const char *field_name; /* the field's name (points into the record or static) */
     size_t field_len;
     int code;               /* PB_E_* */
-    char macro[64];         /* unknown_macro: the name (truncated), else "" */
+    const char *macro;      /* unknown_macro: the name, inside the record's code; else NULL */
+    size_t macro_len;
     char message[192];
 } pb_verror;
 

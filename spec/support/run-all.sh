@@ -9,11 +9,12 @@
 # exits non-zero without a failing test line counts as one failure.
 set -u
 cd "$(dirname "$0")/../.." || exit 2
-suites=${*:-"ctest lua5.4 asan valgrind"}
+suites=${*:-"ctest lua5.4 lua5.3 lua5.1 luajit asan valgrind"}
 logdir=build/logs
 mkdir -p "$logdir"
 total_pass=0
 total_fail=0
+total_skip=0
 BUSTED=$(command -v busted)
 
 run_suite() {  # name, command...
@@ -23,7 +24,8 @@ run_suite() {  # name, command...
   start=$(date +%s)
   "$@" >"$log" 2>&1
   rc=$?
-  pass=$(grep -c '^ok ' "$log")
+  skip=$(grep -c '^ok .*# SKIP' "$log")
+  pass=$(( $(grep -c '^ok ' "$log") - skip ))
   fail=$(grep -c '^not ok ' "$log")
   if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then
     fail=1
@@ -34,16 +36,15 @@ run_suite() {  # name, command...
     # Show each failing test with its diagnostics.
     awk '/^not ok /{show=1} /^ok /{show=0} show' "$log" | head -n 300 | sed 's/^/   | /'
   fi
-  echo "   [$name] $pass ok, $fail not ok, $(( $(date +%s) - start ))s"
+  echo "   [$name] $pass ok, $fail not ok, $skip skipped, $(( $(date +%s) - start ))s"
   total_pass=$((total_pass + pass))
   total_fail=$((total_fail + fail))
+  total_skip=$((total_skip + skip))
 }
 
 busted_suite() {  # name, interpreter, build dir, [wrapper...]
   name=$1; lua=$2; dir=$3; shift 3
-  LUA_PATH="$dir/?.lua;$dir/?/init.lua;spec/support/?.lua;;" \
-  LUA_CPATH="$dir/?.so;;" \
-  POSTBACK_TEST_LUA=$lua POSTBACK_TEST_SUITE=$name \
+  POSTBACK_BUILD=$dir POSTBACK_TEST_LUA=$lua POSTBACK_TEST_SUITE=$name \
     run_suite "$name" "$@" "$lua" "$BUSTED" --ignore-lua -o TAP spec
 }
 
@@ -74,5 +75,5 @@ for s in $suites; do
   esac
 done
 
-echo "$total_pass passed, $total_fail failed"
+echo "$total_pass passed, $total_fail failed, $total_skip skipped"
 [ "$total_fail" -eq 0 ]

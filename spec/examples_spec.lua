@@ -1,0 +1,67 @@
+-- Every example runs, as a real process, against the local mock.
+local mockproc = require "mockproc"
+
+local lua = os.getenv("POSTBACK_TEST_LUA") or "lua5.4"
+local suite = os.getenv("POSTBACK_TEST_SUITE") or "lua5.4"
+local slow = os.getenv("POSTBACK_UNDER_VALGRIND") ~= nil or suite == "asan"
+
+local function run(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("*a")
+  local ok, _, code = p:close()
+  if type(ok) == "number" then code = ok; ok = ok == 0 end -- Lua 5.1
+  return out, ok, code
+end
+
+-- The module paths of this process, for child processes.
+local function env_paths()
+  return ("LUA_PATH='%s' LUA_CPATH='%s'"):format(package.path, package.cpath)
+end
+
+describe("examples", function()
+  it("make demo: quickstart against the mock, every call, exit 0", function()
+    local out, ok = run(env_paths() .. " " .. lua .. " examples/demo.lua")
+    assert.is_true(ok, out)
+    assert.matches("refused before sending: type 3 %(HTML Pixel%) is not allowed", out)
+    assert.matches("page 1/", out)
+    assert.matches("set_status %d+ approved %-> approved", out)
+    assert.matches("set_status %d+ rejected %-> rejected", out)
+    assert.matches("delete %d+, then get: api error, HTTP 404", out)
+    assert.matches("fired: HTTP 200", out)
+    assert.matches("summary: 9 created, 3 refused", out)
+    assert.matches("the receiver got 1 postback", out)
+    assert.is_nil(out:find("demo-key", 1, true), "the API key was printed")
+  end)
+
+  describe("game server", function()
+    local mock
+    setup(function() mock = mockproc.start {} end)
+    teardown(function() mock:stop() end)
+
+    it("fires every conversion from a 60 Hz loop, the library never taking 1 ms of a tick", function()
+      if suite ~= "lua5.4" and suite ~= "valgrind" and suite ~= "asan" then
+        return pending("the embedding example links Lua 5.4")
+      end
+      local _, built = run("make -s build/game_server")
+      assert.is_true(built)
+      local n = slow and 60 or 240
+      local out, ok = run(("GAME_CONVERSIONS=%d %s build/game_server examples/game_server/game.lua %s %d")
+        :format(n, env_paths(), mock.url, n + 60))
+      assert.is_true(ok, out)
+      local stats = {}
+      for k, v in out:gmatch("(%w+_?%w*_?%w*)=(%d+)") do stats[k] = tonumber(v) end
+      assert.equal(n + 60, stats.frames)
+      local got = mock:received()
+      assert.equal(n, #got)
+      local seen = {}
+      for _, g in ipairs(got) do seen[g.query:match("click_id=([^&]+)")] = true end
+      for i = 1, n do assert.is_true(seen[("c%06d"):format(i)], "missing conversion " .. i) end
+      if not slow then
+        -- CPU time the library used in any frame (wall time also counts
+        -- preemption by other processes on a shared machine)
+        assert.is_true(stats.max_cpu_us <= 1000, out)
+        assert.is_true(stats.p99_poll_us <= 1000, out)
+      end
+    end)
+  end)
+end)

@@ -1,0 +1,402 @@
+-- Firing postbacks against the mock's receiver (a real HTTP server on loopback).
+local postback = require "postback"
+local core = require "postback.core"
+local mockproc = require "mockproc"
+
+local under_valgrind = os.getenv("POSTBACK_UNDER_VALGRIND") ~= nil
+
+local function parse_query(q)
+  local t = {}
+  for k, v in (q or ""):gmatch("([^&=]+)=([^&]*)") do t[k] = v end
+  return t
+end
+
+describe("firing", function()
+  local mock, code
+
+  setup(function()
+    mock = mockproc.start {}
+    code = mock.url .. "/postback?click_id={click_id}&payout={payout}&sub={aff_sub1}"
+  end)
+
+  teardown(function() mock:stop() end)
+
+  before_each(function() mock:reset() end)
+
+  local function received()
+    local r = mock:received()
+    assert.is_table(r)
+    return r
+  end
+
+  describe("fire", function()
+    it("renders and GETs the postback, returning a result", function()
+      local r = assert(postback.fire(code, { click_id = "ab 1", payout = 2.5, aff_sub1 = "x/y" }))
+      assert.is_true(r.ok)
+      assert.equal(200, r.status)
+      assert.equal("OK", r.body)
+      assert.equal(1, r.attempts)
+      assert.is_number(r.time)
+      assert.equal(mock.url .. "/postback?click_id=ab%201&payout=2.5&sub=x%2Fy", r.url)
+      local got = received()
+      assert.equal(1, #got)
+      assert.equal("GET", got[1].method)
+      assert.equal("click_id=ab%201&payout=2.5&sub=x%2Fy", got[1].query)
+    end)
+
+    it("accepts a template object and a postback record", function()
+      local t = postback.template(code)
+      assert(postback.fire(t, { click_id = "t" }))
+      assert(postback.fire({ type = 2, code = code }, { click_id = "r" }))
+      assert(postback.fire({ type = 1, code = code }, { click_id = "i" }))
+      local got = received()
+      assert.equal(3, #got)
+      assert.equal("t", parse_query(got[1].query).click_id)
+      assert.equal("r", parse_query(got[2].query).click_id)
+    end)
+
+    it("refuses an HTML pixel, pointing to render", function()
+      local r, err = postback.fire({ type = 3, code = "<img src=\"" .. code .. "\">" }, {})
+      assert.is_nil(r)
+      assert.equal("validation", err.kind)
+      assert.matches("render", err.message)
+      assert.equal(0, #received())
+    end)
+
+    it("refuses other schemes and CR/LF/NUL before sending", function()
+      for _, bad in ipairs {
+        "ftp://127.0.0.1/x", "file:///etc/passwd", "javascript:alert(1)",
+        mock.url .. "/postback?a=1\r\nX-Evil: 1", mock.url .. "/post back", mock.url .. "/p\0x",
+      } do
+        local r, err = postback.fire(bad)
+        assert.is_nil(r)
+        assert.equal("validation", err.kind)
+      end
+      -- a value with CR/LF is percent-encoded, never raw
+      assert(postback.fire(code, { click_id = "a\r\nb" }))
+      assert.equal("a%0D%0Ab", parse_query(received()[1].query).click_id)
+      local r, err = postback.fire(code, { click_id = "x" }, { headers = { ["X-A"] = "1\r\nX-B: 2" } })
+      assert.is_nil(r)
+      assert.equal("validation", err.kind)
+      assert.equal(1, #received())
+    end)
+
+    it("sends extra headers", function()
+      assert(postback.fire(code, { click_id = "h" }, { headers = { ["X-Network"] = "demo" } }))
+      assert.equal("demo", received()[1].headers["x-network"])
+    end)
+
+    it("retries 5xx and counts attempts at the receiver", function()
+      mock:fault { fault = "status", status = 503, times = 2, match = "/postback" }
+      local r = assert(postback.fire(code, { click_id = "r" }, { retries = 3, backoff_base = 0.01 }))
+      assert.equal(3, r.attempts)
+      assert.equal(3, #received())
+    end)
+
+    it("never makes more than retries + 1 attempts", function()
+      mock:fault { fault = "status", status = 500, times = 50, match = "/postback" }
+      local r, err = postback.fire(code, { click_id = "r" }, { retries = 2, backoff_base = 0.01 })
+      assert.is_nil(r)
+      assert.equal("http", err.kind)
+      assert.equal(500, err.status)
+      assert.equal(3, err.attempts)
+      assert.equal(3, #received())
+    end)
+
+    it("does not retry 4xx", function()
+      mock:fault { fault = "status", status = 404, times = 5, match = "/postback" }
+      local r, err = postback.fire(code, {}, { retries = 3, backoff_base = 0.01 })
+      assert.is_nil(r)
+      assert.equal(404, err.status)
+      assert.equal(1, err.attempts)
+    end)
+
+    it("honours Retry-After on 429", function()
+      mock:fault { fault = "status", status = 429, retry_after = "1", times = 1, match = "/postback" }
+      local t0 = core.now()
+      local r = assert(postback.fire(code, {}, { retries = 1, backoff_base = 0.01 }))
+      assert.equal(2, r.attempts)
+      assert.is_true(core.now() - t0 >= 0.95)
+    end)
+
+    it("judges the body with ok_body, and the status with ok_status", function()
+      local r, err = postback.fire(code, {}, { ok_body = "^accepted" })
+      assert.is_nil(r)
+      assert.equal("http", err.kind)
+      assert.matches("ok_body", err.message)
+      assert(postback.fire(code, {}, { ok_body = "^OK$" }))
+      local r2, err2 = postback.fire(code, {}, { ok_status = 204 })
+      assert.is_nil(r2)
+      assert.equal(200, err2.status)
+      assert(postback.fire(code, {}, { ok_status = { 200, 204 } }))
+      assert(postback.fire(code, {}, { ok_status = function(s) return s == 200 end }))
+    end)
+
+    it("times out a slow receiver and reports kind timeout", function()
+      mock:fault { fault = "slow", delay = 3, times = 5, match = "/postback" }
+      local r, err = postback.fire(code, {}, { timeout = 0.3, retries = 1, backoff_base = 0.01 })
+      assert.is_nil(r)
+      assert.equal("timeout", err.kind)
+      assert.equal(2, err.attempts)
+    end)
+
+    it("reports transport errors when nothing listens, after retries", function()
+      local port = require("nginxproc").free_port()
+      local r, err = postback.fire("http://127.0.0.1:" .. port .. "/x", nil, { retries = 2, backoff_base = 0.01 })
+      assert.is_nil(r)
+      assert.equal("transport", err.kind)
+      assert.equal(3, err.attempts)
+    end)
+
+    it("caps the body it keeps", function()
+      mock:fault { fault = "oversized", size = 200000, match = "/postback" }
+      local r, err = postback.fire(code, {}, { max_body = 1000, retries = 0 })
+      assert.is_nil(r)
+      assert.equal("transport", err.kind)
+      assert.equal("too_large", err.reason)
+    end)
+
+    it("raises for wrong argument types", function()
+      assert.has_error(function() postback.fire(nil) end)
+      assert.has_error(function() postback.fire(code, "x") end)
+      assert.has_error(function() postback.fire(code, {}, { retries = "x" }) end)
+      assert.has_error(function() postback.fire(code, {}, { encode = "base64" }) end)
+    end)
+  end)
+
+  describe("fire_many", function()
+    it("returns results in input order, errors included", function()
+      local items = {}
+      for i = 1, 50 do items[i] = { url = code, values = { click_id = i } } end
+      items[51] = "ftp://nope/"
+      items[52] = mock.url .. "/postback?plain=1"
+      items[53] = { type = 3, code = "<img>" }
+      local results = postback.fire_many(items, { concurrency = 8 })
+      assert.equal(53, #results)
+      for i = 1, 50 do
+        assert.is_true(results[i].ok)
+        assert.equal(tostring(i), parse_query(results[i].url:match("%?(.*)")).click_id)
+      end
+      assert.is_false(results[51].ok)
+      assert.equal("validation", results[51].error.kind)
+      assert.is_true(results[52].ok)
+      assert.is_false(results[53].ok)
+      assert.equal(51, #received())
+    end)
+
+    it("streams an iterator to on_result, with bounded concurrency", function()
+      local n = under_valgrind and 500 or 10000
+      local i, ok, seen = 0, 0, {}
+      local count = postback.fire_many(function()
+        i = i + 1
+        if i <= n then return { url = code, values = { click_id = i } } end
+      end, { concurrency = 64, on_result = function(r, idx)
+        if r.ok then ok = ok + 1 end
+        assert.is_nil(seen[idx])
+        seen[idx] = true
+      end })
+      assert.equal(n, count)
+      assert.equal(n, ok)
+      local got = received()
+      assert.equal(n, #got)
+      local ids = {}
+      for _, g in ipairs(got) do ids[parse_query(g.query).click_id] = true end
+      for k = 1, n do assert.is_true(ids[tostring(k)], "missing " .. k) end
+    end)
+
+    it("retries failures per item, never more than retries extra attempts", function()
+      mock:fault { fault = "status", status = 503, times = 10, match = "click_id=7&" }
+      local items = {}
+      for i = 1, 20 do items[i] = { url = code, values = { click_id = i } } end
+      local results = postback.fire_many(items, { concurrency = 4, retries = 3, backoff_base = 0.01 })
+      for i = 1, 20 do
+        if i == 7 then
+          assert.is_false(results[i].ok)
+          assert.equal(4, results[i].attempts)
+        else
+          assert.is_true(results[i].ok)
+          assert.equal(1, results[i].attempts)
+        end
+      end
+      assert.equal(19 + 4, #received())
+    end)
+
+    it("keeps memory flat for a long iterator", function()
+      local n = under_valgrind and 300 or 5000
+      local i = 0
+      collectgarbage()
+      local base = collectgarbage("count")
+      local peak = 0
+      postback.fire_many(function()
+        i = i + 1
+        if i <= n then return { url = code, values = { click_id = i } } end
+      end, { concurrency = 32, on_result = function(_, idx)
+        if idx % 500 == 0 then peak = math.max(peak, collectgarbage("count") - base) end
+      end })
+      assert.is_true(peak < 8 * 1024, ("grew by %.0f KiB"):format(peak))
+    end)
+  end)
+
+  describe("dispatcher", function()
+    it("fires without blocking and delivers on poll", function()
+      local results = {}
+      local d = postback.dispatcher { concurrency = 4, on_result = function(r) results[#results + 1] = r end }
+      for i = 1, 20 do assert(d:fire(code, { click_id = i })) end
+      assert.equal(20, d:pending())
+      assert.equal(0, #received())
+      assert.is_true(d:wait(10))
+      assert.equal(0, d:pending())
+      assert.equal(20, #results)
+      assert.equal(20, #received())
+      d:close()
+      d:close() -- twice is fine
+    end)
+
+    it("never blocks in poll(0), even with slow receivers", function()
+      mock:fault { fault = "slow", delay = 1, times = 10, match = "/postback" }
+      local d = postback.dispatcher { concurrency = 10, timeout = 5 }
+      for i = 1, 10 do d:fire(code, { click_id = i }) end
+      local worst = 0
+      local t_end = core.now() + 0.5
+      while core.now() < t_end do
+        local t0 = core.now()
+        d:poll(0)
+        worst = math.max(worst, core.now() - t0)
+        core.sleep(0.005)
+      end
+      assert.equal(10, d:pending())
+      if not under_valgrind then
+        assert.is_true(worst < 0.005, ("poll(0) took %.1f ms"):format(worst * 1000))
+      end
+      assert.is_true(d:wait(10))
+      d:close()
+    end)
+
+    it("holds a postback for `delay` before its first try", function()
+      local d = postback.dispatcher { delay = 0.4 }
+      d:fire(code, { click_id = "late" })
+      local t0 = core.now()
+      while core.now() - t0 < 0.25 do d:poll(0.05) end
+      assert.equal(0, #received())
+      assert.is_true(d:wait(5))
+      assert.is_true(core.now() - t0 >= 0.38)
+      assert.equal(1, #received())
+      d:close()
+    end)
+
+    it("reports every attempt to on_attempt", function()
+      mock:fault { fault = "status", status = 500, times = 2, match = "/postback" }
+      local attempts = {}
+      local d = postback.dispatcher { retries = 3, backoff_base = 0.01,
+        on_attempt = function(a) attempts[#attempts + 1] = a end }
+      d:fire(code, { click_id = "a" })
+      assert.is_true(d:wait(5))
+      assert.equal(3, #attempts)
+      assert.same({ 500, 500, 200 }, { attempts[1].status, attempts[2].status, attempts[3].status })
+      assert.same({ 1, 2, 3 }, { attempts[1].attempt, attempts[2].attempt, attempts[3].attempt })
+      d:close()
+    end)
+
+    it("returns nil, err for a bad target and raises for bad arguments", function()
+      local d = postback.dispatcher {}
+      local id, err = d:fire("ftp://x/")
+      assert.is_nil(id)
+      assert.equal("validation", err.kind)
+      assert.has_error(function() d:fire(code, 5) end)
+      assert.has_error(function() d:poll(-1) end)
+      assert.has_error(function() postback.dispatcher { on_result = 5 } end)
+      d:close()
+    end)
+  end)
+
+  describe("spool", function()
+    local spool
+
+    before_each(function()
+      spool = os.tmpname()
+      os.remove(spool)
+    end)
+
+    after_each(function()
+      os.remove(spool)
+      os.remove(spool .. ".tmp")
+    end)
+
+    it("keeps what failed every retry for the next dispatcher", function()
+      mock:fault { fault = "status", status = 500, times = 4, match = "/postback" }
+      local d = assert(postback.dispatcher { spool = spool, retries = 1, backoff_base = 0.01 })
+      d:fire(code, { click_id = "s1" })
+      d:fire(code, { click_id = "s2" })
+      assert.is_true(d:wait(5))
+      assert.equal(2, d.failed)
+      d:close()
+      local d2 = assert(postback.dispatcher { spool = spool })
+      assert.equal(2, d2.recovered)
+      assert.is_true(d2:wait(5))
+      assert.equal(2, d2.delivered)
+      d2:close()
+      local d3 = assert(postback.dispatcher { spool = spool })
+      assert.equal(0, d3.recovered)
+      d3:close()
+    end)
+
+    it("skips a torn last line, never fatal", function()
+      local d = assert(postback.dispatcher { spool = spool })
+      d:fire(code, { click_id = "t1" })
+      d:close() -- closed before sending: still owed
+      local f = assert(io.open(spool, "ab"))
+      f:write('1234abcd {"op":"add","id":9,"url":"http://127.0.0.1:1/x"') -- torn, no checksum match
+      f:close()
+      local d2 = assert(postback.dispatcher { spool = spool })
+      assert.equal(1, d2.recovered)
+      assert.equal(1, d2.skipped)
+      assert.is_true(d2:wait(5))
+      d2:close()
+      assert.equal("t1", parse_query(received()[1].query).click_id)
+    end)
+
+    it("survives kill -9 of the firing process: everything is delivered", function()
+      local n = under_valgrind and 60 or 400
+      -- A child process fires n postbacks at a slow receiver, then is killed.
+      mock:fault { fault = "slow", delay = 0.3, times = 100000, match = "/postback" }
+      local script = os.tmpname()
+      local f = assert(io.open(script, "w"))
+      f:write(([[
+        local postback = require "postback"
+        local d = assert(postback.dispatcher { spool = %q, concurrency = 8, timeout = 10 })
+        for i = 1, %d do assert(d:fire(%q, { click_id = i })) end
+        d:poll(0)
+        io.write("fired\n") io.flush()
+        while true do d:poll(0.05) end
+      ]]):format(spool, n, code))
+      f:close()
+      local lua = os.getenv("POSTBACK_TEST_LUA") or "lua5.4"
+      local p = assert(io.popen(("sh -c 'echo $$; exec env LUA_PATH=\"$0\" LUA_CPATH=\"$1\" %s %s' '%s' '%s'"):format(
+        lua, script, package.path, package.cpath)))
+      local pid = tonumber(p:read("*l"))
+      assert.equal("fired", p:read("*l"))
+      core.sleep(0.5) -- some in flight, some delivered
+      os.execute("kill -9 " .. pid)
+      p:close()
+      os.remove(script)
+      mock:control("DELETE", "/_mock/faults")
+      local before = received()
+      local delivered_before = {}
+      for _, g in ipairs(before) do delivered_before[parse_query(g.query).click_id] = true end
+
+      local d = assert(postback.dispatcher { spool = spool, concurrency = 16 })
+      assert.is_true(d.recovered > 0)
+      assert.is_true(d:wait(30))
+      d:close()
+      local seen, dupes = {}, 0
+      for _, g in ipairs(received()) do
+        local id = parse_query(g.query).click_id
+        if seen[id] then dupes = dupes + 1 end
+        seen[id] = true
+      end
+      for i = 1, n do assert.is_true(seen[tostring(i)], "lost postback " .. i) end
+      -- at least once: only what was in flight at the kill may arrive twice
+      assert.is_true(dupes <= 8, "duplicates: " .. dupes)
+    end)
+  end)
+end)

@@ -1,0 +1,111 @@
+-- `luarocks make` with the rockspec installs a module that loads and renders
+-- in a fresh Lua 5.4 process that sees only the rock tree.
+--
+-- LuaRocks' builtin backend writes its .o files next to the sources, so the
+-- build runs in a copy of the source tree in a temporary directory.
+local F = require "fixtures"
+
+local sh = F.sh
+
+local has_luarocks = F.run("command -v luarocks >/dev/null 2>&1")
+local has_lua54 = F.run("command -v lua5.4 >/dev/null 2>&1")
+
+-- Environment for child processes: none of the specs' module paths, and no
+-- sanitizer preload (the ASan suite sets LD_PRELOAD for the Lua under test).
+local CLEAN_ENV = "env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_INIT"
+  .. " -u LUA_INIT_5_4 -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS"
+
+local function mktemp_dir()
+  local p = assert(io.popen("mktemp -d 2>/dev/null || mktemp -d -t postback"))
+  local dir = p:read("*l")
+  p:close()
+  assert(dir and dir:sub(1, 1) == "/", "mktemp -d failed")
+  return dir
+end
+
+local function exists(path)
+  return F.run("test -e " .. sh(path))
+end
+
+describe("luarocks make", function()
+  if not has_luarocks then
+    pending("luarocks is not installed")
+    return
+  end
+
+  local tmp
+
+  after_each(function()
+    if tmp and tmp:match("^/.+") and tmp ~= "/" then
+      F.run("rm -rf " .. sh(tmp))
+    end
+    tmp = nil
+  end)
+
+  it("installs a tree from which a fresh lua5.4 requires postback and renders", function()
+    assert.is_true(has_lua54, "lua5.4 is needed to run the installed module")
+    local root = F.root()
+    tmp = mktemp_dir()
+    local src, tree = tmp .. "/src", tmp .. "/tree"
+    assert.is_true(F.run("mkdir -p " .. sh(src)))
+
+    -- the rockspec: postback-scm-1.rockspec at the top, or under rockspecs/
+    local rockspec = "postback-scm-1.rockspec"
+    assert.is_true(exists(root .. "/" .. rockspec) or exists(root .. "/rockspecs/" .. rockspec),
+      "no " .. rockspec .. " in " .. root)
+
+    local copy = { "lua_postback.c", "core", "lua" }
+    for _, opt in ipairs({ "bin", "rockspecs" }) do
+      if exists(root .. "/" .. opt) then copy[#copy + 1] = opt end
+    end
+    local cmd = {}
+    for i, p in ipairs(copy) do cmd[i] = sh(root .. "/" .. p) end
+    assert.is_true(F.run("cp -r " .. table.concat(cmd, " ") .. " " .. sh(src .. "/")))
+    assert.is_true(F.run("cd " .. sh(root) .. " && cp *.rockspec " .. sh(src .. "/")
+      .. " 2>/dev/null || true"))
+    -- stale objects from a build in the source tree must not be reused
+    F.run("find " .. sh(src) .. " -name '*.o' -exec rm -f {} + ")
+    local spec_path = exists(src .. "/" .. rockspec) and rockspec or ("rockspecs/" .. rockspec)
+
+    local log = tmp .. "/luarocks.log"
+    local ok = F.run("cd " .. sh(src) .. " && " .. CLEAN_ENV .. " luarocks --lua-version 5.4 --tree "
+      .. sh(tree) .. " make --deps-mode=none " .. sh(spec_path) .. " >" .. sh(log) .. " 2>&1")
+    assert.is_true(ok, "luarocks make failed:\n" .. (F.readfile(log) or "(no log)"))
+
+    assert.is_true(exists(tree .. "/lib/lua/5.4/postback/core.so"), F.readfile(log))
+    -- the objects landed in the copy
+    assert.is_true(exists(src .. "/lua_postback.o"), "expected the build to run in the copy")
+
+    local lpath = tree .. "/share/lua/5.4/?.lua;" .. tree .. "/share/lua/5.4/?/init.lua;;"
+    local cpath = tree .. "/lib/lua/5.4/?.so;;"
+    local script = table.concat({
+      'local p = require "postback"',
+      'local core = package.searchpath("postback.core", package.cpath)',
+      'local mod = package.searchpath("postback", package.path)',
+      'print(mod)',
+      'print(core)',
+      'print(p._VERSION)',
+      'print(p.render("https://t.example/p?c={click_id}&o={offer_id}&x={foo}",'
+        .. ' {click_id = "a b&c", offer_id = 42}))',
+      'local t = p.template("%7Bclick_id%7D/{payout}")',
+      'print(t:render({click_id = 1.5, payout = true}))',
+      'print(#p.MACROS, p.validate({offer_id = 1, affiliate_id = 1, type = 2,'
+        .. ' code = "https://t.example/{click_id}"}))',
+    }, "\n")
+    local out_file = tmp .. "/out.txt"
+    ok = F.run("cd " .. sh(tmp) .. " && " .. CLEAN_ENV .. " LUA_PATH=" .. sh(lpath)
+      .. " LUA_CPATH=" .. sh(cpath) .. " lua5.4 -e " .. sh(script) .. " >" .. sh(out_file)
+      .. " 2>&1")
+    local out = F.readfile(out_file) or ""
+    assert.is_true(ok, "the installed module failed:\n" .. out)
+    local lines = {}
+    for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
+    assert.are.equal(tree .. "/share/lua/5.4/postback/init.lua", lines[1])
+    assert.are.equal(tree .. "/lib/lua/5.4/postback/core.so", lines[2])
+    assert.truthy((lines[3] or ""):match("^postback %d+%.%d+%.%d+$"), lines[3])
+    assert.are.equal("https://t.example/p?c=a%20b%26c&o=42&x={foo}", lines[4])
+    assert.are.equal("1.5/true", lines[5])
+    assert.are.equal("28\ttrue", lines[6])
+    assert.are.equal(6, #lines, out)
+  end)
+end)
