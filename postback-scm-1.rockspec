@@ -49,8 +49,12 @@ build = {
     ["postback.errors"] = "lua/postback/errors.lua",
     ["postback.fire"] = "lua/postback/fire.lua",
     ["postback.json"] = "lua/postback/json.lua",
+    ["postback.migrate"] = "lua/postback/migrate.lua",
     ["postback.pump"] = "lua/postback/pump.lua",
     ["postback.retry"] = "lua/postback/retry.lua",
     ["postback.transport.curl"] = "lua/postback/transport/curl.lua",
+  },
+  install = {
+    bin = { postback = "bin/postback" },
   },
 }

@@ -72,6 +72,7 @@ int pb_buf_reserve(pb_buf *b, size_t extra)
     if (!p) return PB_ENOMEM;
     b->data = p;
     b->cap = cap;
+    b->data[b->len] = '\0'; /* a string even before the first append */
     return PB_OK;
 }
 

@@ -72,16 +72,25 @@ static const char *check_common(const char *s, size_t n, int allow_macros)
     if (!scheme_len(s, n)) return "is not an absolute http:// or https:// URL";
     authority(s, n, &aoff, &alen);
     a = s + aoff;
+    {
+        size_t ats = 0;
+        for (i = 0; i < alen; i++) ats += a[i] == '@';
+        if (ats > 1) return "has an '@' in its user info";
+    }
     host_of(a, alen, &hoff, &hlen, &poff);
     if (hlen == 0) return "has no host";
     if (a[hoff] == '[') {
-        if (a[hoff + hlen - 1] != ']' || hlen < 3) return "has a malformed IPv6 host";
+        /* An IPv6 literal: hex digits and colons (an IPv4 tail may follow),
+         * at least two colons and one digit, e.g. [::1]. */
+        size_t colons = 0, digits = 0;
+        if (a[hoff + hlen - 1] != ']' || hlen < 4) return "has a malformed IPv6 host";
         for (i = hoff + 1; i + 1 < hoff + hlen; i++) {
             unsigned char c = (unsigned char)a[i];
-            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') ||
-                  c == ':' || c == '.'))
-                return "has a malformed IPv6 host";
+            if (c == ':') colons++;
+            else if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')) digits++;
+            else if (c != '.') return "has a malformed IPv6 host";
         }
+        if (colons < 2 || digits == 0) return "has a malformed IPv6 host";
     } else {
         for (i = hoff; i < hoff + hlen; i++) {
             unsigned char c = (unsigned char)a[i];
@@ -96,6 +105,9 @@ static const char *check_common(const char *s, size_t n, int allow_macros)
         unsigned long port = 0;
         if (a[poff] != ':') return "has an invalid character in its host";
         if (allow_macros && plen > 2 && p[0] == '{' && p[plen - 1] == '}') return NULL;
+        if (allow_macros && plen > 6 && p[0] == '%' && p[1] == '7' && (p[2] == 'B' || p[2] == 'b') &&
+            p[plen - 3] == '%' && p[plen - 2] == '7' && (p[plen - 1] == 'D' || p[plen - 1] == 'd'))
+            return NULL;
         if (plen == 0 || plen > 5) return "has an invalid port";
         for (i = 0; i < plen; i++) {
             if (p[i] < '0' || p[i] > '9') return "has an invalid port";

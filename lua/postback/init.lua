@@ -92,6 +92,17 @@ function lazy.dispatcher()
   return require("postback.dispatcher").new
 end
 
+--- Journaled, resumable bulk migrations (see postback.migrate).
+function lazy.migrate()
+  return require("postback.migrate").run
+end
+
+--- Ready transforms for migrate: replace_host, set_param, add_param,
+-- remove_param, rename_macro, set_type, set_status, chain.
+function lazy.transforms()
+  return require("postback.migrate").transforms
+end
+
 --- A client of the Offerslook API (see postback.client).
 function lazy.client()
   return require("postback.client").new
