@@ -53,6 +53,7 @@ build = {
     ["postback.pump"] = "lua/postback/pump.lua",
     ["postback.retry"] = "lua/postback/retry.lua",
     ["postback.transport.curl"] = "lua/postback/transport/curl.lua",
+    ["postback.transport.ngx"] = "lua/postback/transport/ngx.lua",
   },
   install = {
     bin = { postback = "bin/postback" },

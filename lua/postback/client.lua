@@ -149,6 +149,11 @@ function M.new(opts)
   self.headers = headers
 
   local transport = opts.transport
+  if transport == nil and type(ngx) == "table" then
+    -- inside OpenResty: the cosocket transport, never the blocking engine
+    local ok, ngxt = pcall(require, "postback.transport.ngx")
+    if ok and ngxt.available() then transport = ngxt end
+  end
   if transport == nil then
     local curl = require "postback.transport.curl"
     local t = curl.new { max_host = opts.max_host }

@@ -205,6 +205,16 @@ function M.retry_delay(o, job, r)
     backoff_max = o.backoff_max, max_retry_time = o.max_retry_time }, job.attempts, job.started, ra)
 end
 
+-- The cosocket transport when running inside OpenResty (or when asked for).
+local function ngx_transport(o)
+  local t = o.transport
+  if type(t) == "table" and t.fire_many then return t end
+  if t == nil and type(ngx) == "table" then
+    local ok, ngxt = pcall(require, "postback.transport.ngx")
+    if ok and ngxt.available() then return ngxt end
+  end
+end
+
 --- Fires many postbacks at once.
 -- items: an array, or an iterator function returning items; an item is a
 -- URL string/template/record, or {url=, values=, headers=}.
@@ -217,6 +227,8 @@ function M.fire_many(items, opts)
     argerror(1, "fire_many", "array or iterator expected, got " .. it)
   end
   local o = M.options(opts, 2, "fire_many")
+  local via = ngx_transport(o)
+  if via then return via.fire_many(items, opts) end
   if o.on_result ~= nil and type(o.on_result) ~= "function" then
     argerror(2, "fire_many", "option on_result must be a function")
   end
@@ -313,6 +325,14 @@ function M.fire(target, values, opts)
   if values ~= nil and type(values) ~= "table" then argerror(2, "fire", "table expected, got " .. type(values)) end
   local o = M.options(opts, 3, "fire")
   o.concurrency = 1
+  local via = ngx_transport(o)
+  if via then
+    local r = via.fire_many({ { url = target, values = values } }, opts)[1]
+    if r.ok then return r end
+    local e = r.error
+    e.attempts, e.body, e.status = r.attempts, r.body, r.status
+    return nil, e
+  end
   local url, err = M.render_target(target, values, o)
   if not url then return nil, err end
   local result

@@ -20,6 +20,7 @@ Pump.__index = Pump
 -- (function|nil), profile (request options for url-only jobs: timeout,
 -- connect_timeout, max_body, follow, insecure, ca_file, user_agent, headers)
 function M.new(opts)
+  M.refuse_in_nginx()
   local self = setmetatable({}, Pump)
   local e = { max_host = opts.per_host }
   for k, v in pairs(opts.profile or {}) do e[k] = v end
@@ -32,6 +33,18 @@ function M.new(opts)
   self.fifo, self.head, self.tail = {}, 1, 0
   self.heap = {}           -- jobs ordered by job.due
   return self
+end
+
+--- Raises when called from an nginx request or timer handler, where the
+-- blocking libcurl engine would stall the whole worker.
+function M.refuse_in_nginx()
+  if type(ngx) == "table" and ngx.get_phase then
+    local ok, ngxt = pcall(require, "postback.transport.ngx")
+    if ok and ngxt.available() then
+      error("postback: the libcurl engine blocks the nginx worker; inside OpenResty use "
+        .. "transport = require \"postback.transport.ngx\" (fire and fire_many pick it themselves)", 3)
+    end
+  end
 end
 
 -- Binary heap on job.due.

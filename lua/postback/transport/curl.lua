@@ -54,6 +54,7 @@ end
 
 --- A new transport with its own engine (its own connection cache).
 function M.new(opts)
+  require("postback.pump").refuse_in_nginx()
   opts = opts or {}
   local self = setmetatable({}, M)
   self.engine = core.engine { max_host = opts.max_host, max_total = opts.max_total }
