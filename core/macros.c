@@ -14,6 +14,7 @@ const char *const pb_macro_names[PB_NMACROS] = {
 int pb_macro_index(const char *name, size_t len)
 {
     int i;
+    if (len == 0) return -1;
     for (i = 0; i < PB_NMACROS; i++) {
         const char *m = pb_macro_names[i];
         if (m[0] == name[0] && strlen(m) == len && memcmp(m, name, len) == 0) return i;

@@ -1,6 +1,7 @@
 /* url.c - URL checks shared by validation and the HTTP engine. */
 #include "url.h"
 
+#include <arpa/inet.h>
 #include <string.h>
 
 static int ieq_prefix(const char *s, size_t n, const char *p)
@@ -80,17 +81,15 @@ static const char *check_common(const char *s, size_t n, int allow_macros)
     host_of(a, alen, &hoff, &hlen, &poff);
     if (hlen == 0) return "has no host";
     if (a[hoff] == '[') {
-        /* An IPv6 literal: hex digits and colons (an IPv4 tail may follow),
-         * at least two colons and one digit, e.g. [::1]. */
-        size_t colons = 0, digits = 0;
-        if (a[hoff + hlen - 1] != ']' || hlen < 4) return "has a malformed IPv6 host";
-        for (i = hoff + 1; i + 1 < hoff + hlen; i++) {
-            unsigned char c = (unsigned char)a[i];
-            if (c == ':') colons++;
-            else if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')) digits++;
-            else if (c != '.') return "has a malformed IPv6 host";
-        }
-        if (colons < 2 || digits == 0) return "has a malformed IPv6 host";
+        /* An IPv6 literal, as inet_pton reads it (e.g. [::1]). */
+        char addr[INET6_ADDRSTRLEN];
+        unsigned char bin[16];
+        size_t alen6 = hlen - 2;
+        if (a[hoff + hlen - 1] != ']' || hlen < 4 || alen6 >= sizeof addr)
+            return "has a malformed IPv6 host";
+        memcpy(addr, a + hoff + 1, alen6);
+        addr[alen6] = '\0';
+        if (inet_pton(AF_INET6, addr, bin) != 1) return "has a malformed IPv6 host";
     } else {
         for (i = hoff; i < hoff + hlen; i++) {
             unsigned char c = (unsigned char)a[i];
