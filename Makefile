@@ -31,18 +31,23 @@ LUA_OUT  := $(patsubst lua/%,$(BUILD)/%,$(LUA_SRC))
 
 # Debian packages each job needs (installed by .ci/deps.sh when missing).
 PKG_BUILD := make gcc pkg-config libcurl4-openssl-dev lua5.4 liblua5.4-dev lua-cjson
+PKG_DEMO  := $(PKG_BUILD) lua-socket
 PKG_TEST  := $(PKG_BUILD) lua-busted lua-socket luarocks clang valgrind libclang-rt-14-dev \
-             nginx wrk curl
+             nginx libnginx-mod-http-lua wrk curl lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev \
+             luajit2 libluajit2-5.1-dev
 
 export LUA_PATH  := $(BUILD)/?.lua;$(BUILD)/?/init.lua;spec/support/?.lua;;
 export LUA_CPATH := $(BUILD)/?.so;;
 
-.PHONY: all deps test-deps test spec ctest asan-test valgrind-test demo bench fuzz clean
+.PHONY: all deps demo-deps test-deps test spec ctest asan-test valgrind-test demo bench fuzz clean
 
 all: $(BUILD)/postback/core.so $(LUA_OUT)
 
 deps:
 	@sh .ci/deps.sh $(PKG_BUILD)
+
+demo-deps:
+	@sh .ci/deps.sh $(PKG_DEMO)
 
 test-deps:
 	@sh .ci/deps.sh $(PKG_TEST)
@@ -114,7 +119,7 @@ fuzz: test-deps $(FUZZERS)
 	    2>&1 | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|Done' || exit 1; \
 	done
 
-demo: all
+demo: demo-deps all
 	@$(LUA) examples/demo.lua
 
 bench: all build/bench/render_c build/bench/multi_c

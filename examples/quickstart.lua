@@ -16,7 +16,7 @@ local c = assert(postback.client {
   api_key = assert(os.getenv("OFFERSLOOK_API_KEY"), "set OFFERSLOOK_API_KEY"),
   base_url = os.getenv("OFFERSLOOK_BASE_URL"),
 })
-print(("postback %s, client: %s"):format(postback._VERSION, tostring(c)))
+print(("%s, client: %s"):format(postback._VERSION, tostring(c)))
 
 local TYPES = { [1] = "Image Pixel", [2] = "Postback URL", [3] = "HTML Pixel" }
 local AFFILIATE = 7

@@ -79,6 +79,8 @@ function M.new(opts)
   if o.spool ~= nil and type(o.spool) ~= "string" then
     error("bad argument #1 to 'dispatcher' (option spool must be a path)", 2)
   end
+  local herr = fire.check_headers(o.headers)
+  if herr then return nil, herr end
   local self = setmetatable({ opts = o, next_id = 0, delivered = 0, failed = 0 }, Dispatcher)
   self.pump = pump.new { concurrency = o.concurrency, per_host = o.per_host, profile = fire.profile(o),
     finish = function(job, ...) return self:finish(job, ...) end }
@@ -129,6 +131,8 @@ function Dispatcher:fire(target, values, opts)
   local url, err = fire.render_target(target, values, render_opts)
   if not url then return nil, err end
   local headers = opts and opts.headers
+  local herr = fire.check_headers(headers)
+  if herr then return nil, herr end
   local delay = opts and opts.delay or o.delay
   self.next_id = self.next_id + 1
   local id = self.next_id

@@ -74,6 +74,20 @@ function M.options(opts, n, fname, base)
   return o
 end
 
+--- nil when every header is a valid name with a value free of CR, LF and
+-- NUL, else a validation error (nothing is sent then).
+function M.check_headers(headers)
+  for name, value in pairs(headers or {}) do
+    local line = type(name) == "number" and tostring(value) or (tostring(name) .. ": " .. tostring(value))
+    local n = line:match("^([^:]*):")
+    if not n or n == "" or n:find("[%c%s\"(),/:;<=>?@%[\\%]{}]") or line:find("[\r\n%z]") then
+      return errors.new("validation", { code = "invalid", field = "headers",
+        message = "header refused before sending: a \"Name: value\" line without CR, LF or NUL is expected" })
+    end
+  end
+  return nil
+end
+
 local function is_template(v)
   return type(v) == "userdata" and getmetatable(v) == template_mt
 end
@@ -227,6 +241,8 @@ function M.fire_many(items, opts)
     argerror(1, "fire_many", "array or iterator expected, got " .. it)
   end
   local o = M.options(opts, 2, "fire_many")
+  local herr = M.check_headers(o.headers)
+  if herr then return nil, herr end
   local via = ngx_transport(o)
   if via then return via.fire_many(items, opts) end
   if o.on_result ~= nil and type(o.on_result) ~= "function" then
@@ -263,6 +279,7 @@ function M.fire_many(items, opts)
       local delay = M.retry_delay(o, job, r)
       if delay then return delay end
     end
+    r.index = job.index
     deliver(r)
   end
 
@@ -325,6 +342,8 @@ function M.fire(target, values, opts)
   if values ~= nil and type(values) ~= "table" then argerror(2, "fire", "table expected, got " .. type(values)) end
   local o = M.options(opts, 3, "fire")
   o.concurrency = 1
+  local herr = M.check_headers(o.headers)
+  if herr then return nil, herr end
   local via = ngx_transport(o)
   if via then
     local r = via.fire_many({ { url = target, values = values } }, opts)[1]

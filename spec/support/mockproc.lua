@@ -1,4 +1,4 @@
---- Starts the mock Offerslook (mock/server.lua) as a real process on a free
+--- Starts the mock Offerslook (mock/offerslook.lua) as a real process on a free
 -- loopback port, and talks to its control API. Used by specs, the demo and
 -- benchmarks.
 --
@@ -42,7 +42,7 @@ function M.start(opts)
   for i, a in ipairs(args) do quoted[i] = shell_quote(a) end
   -- The mock must not inherit a sanitizer preload meant for our module.
   local inner = ("echo $$; exec env -u LD_PRELOAD %s %s %s"):format(
-    lua, shell_quote(M.root() .. "/mock/server.lua"), table.concat(quoted, " "))
+    lua, shell_quote(M.root() .. "/mock/offerslook.lua"), table.concat(quoted, " "))
   -- stderr goes to a log (a pipe nobody reads could fill up and stall it).
   local log = os.getenv("POSTBACK_MOCK_LOG") or "/dev/null"
   local cmd = "sh -c " .. shell_quote(inner) .. " 2>>" .. shell_quote(log)
