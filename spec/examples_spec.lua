@@ -1,9 +1,8 @@
 -- Every example runs, as a real process, against the local mock.
 local mockproc = require "mockproc"
 
-local lua = os.getenv("POSTBACK_TEST_LUA") or "lua5.4"
-local suite = os.getenv("POSTBACK_TEST_SUITE") or "lua5.4"
-local slow = os.getenv("POSTBACK_UNDER_VALGRIND") ~= nil or suite == "asan"
+local testenv = require "testenv"
+local lua, suite, slow = testenv.lua, testenv.suite, testenv.slow
 
 local function run(cmd)
   local p = assert(io.popen(cmd .. " 2>&1"))

@@ -370,7 +370,7 @@ describe("firing", function()
         while true do d:poll(0.05) end
       ]]):format(spool, n, code))
       f:close()
-      local lua = os.getenv("POSTBACK_TEST_LUA") or "lua5.4"
+      local lua = require("testenv").lua
       local p = assert(io.popen(("exec sh -c 'echo $$; exec env LUA_PATH=\"$0\" LUA_CPATH=\"$1\" %s %s' '%s' '%s'"):format(
         lua, script, package.path, package.cpath)))
       local pid = tonumber(p:read("*l"))

@@ -18,11 +18,17 @@ local function shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
---- Directory of the repository (this file is spec/support/mockproc.lua).
+--- Absolute directory of the repository (this file is spec/support/mockproc.lua).
 function M.root()
   local src = debug.getinfo(1, "S").source:gsub("^@", "")
-  local dir = src:match("^(.*)/spec/support/[^/]*$")
-  return dir or "."
+  local dir = src:match("^(.*)/spec/support/[^/]*$") or "."
+  if dir:sub(1, 1) ~= "/" then
+    local p = assert(io.popen("pwd"))
+    local cwd = p:read("*l")
+    p:close()
+    dir = dir == "." and cwd or (cwd .. "/" .. dir)
+  end
+  return dir
 end
 
 --- Starts the mock; options: network, api_key, latency (ms), state, lua, args.
@@ -40,8 +46,9 @@ function M.start(opts)
   for _, a in ipairs(opts.args or {}) do args[#args + 1] = a end
   local quoted = {}
   for i, a in ipairs(args) do quoted[i] = shell_quote(a) end
-  -- The mock must not inherit a sanitizer preload meant for our module.
-  local inner = ("echo $$; exec env -u LD_PRELOAD %s %s %s"):format(
+  -- The mock runs on its own: no sanitizer preload and no module paths meant
+  -- for the interpreter under test.
+  local inner = ("echo $$; exec env -u LD_PRELOAD -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 %s %s %s"):format(
     lua, shell_quote(M.root() .. "/mock/offerslook.lua"), table.concat(quoted, " "))
   -- stderr goes to a log (a pipe nobody reads could fill up and stall it).
   local log = os.getenv("POSTBACK_MOCK_LOG") or "/dev/null"
