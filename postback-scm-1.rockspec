@@ -50,6 +50,7 @@ build = {
     ["postback.fire"] = "lua/postback/fire.lua",
     ["postback.json"] = "lua/postback/json.lua",
     ["postback.migrate"] = "lua/postback/migrate.lua",
+    ["postback.mock"] = "mock/offerslook.lua",
     ["postback.pump"] = "lua/postback/pump.lua",
     ["postback.retry"] = "lua/postback/retry.lua",
     ["postback.transport.curl"] = "lua/postback/transport/curl.lua",

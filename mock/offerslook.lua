@@ -840,7 +840,7 @@ function M.main(argv)
 end
 
 -- Run as a script (not when loaded as a module).
-if arg and arg[0] and arg[0]:find("offerslook%.lua$") and not package.loaded["postback.mock.server"] then
+if arg and arg[0] and arg[0]:find("offerslook%.lua$") and not package.loaded["postback.mock"] then
   os.exit(M.main(arg))
 end
 
