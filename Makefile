@@ -122,9 +122,8 @@ fuzz: test-deps $(FUZZERS)
 demo: demo-deps all
 	@$(LUA) examples/demo.lua
 
-bench: all build/bench/render_c build/bench/multi_c
-	@$(LUA) bench/render.lua
-	@$(LUA) bench/fire.lua
+bench: test-deps all build/bench/render_c build/bench/multi_c
+	@$(LUA) bench/run.lua
 
 clean:
 	rm -rf build

@@ -32,6 +32,59 @@ describe("examples", function()
     assert.is_nil(out:find("demo-key", 1, true), "the API key was printed")
   end)
 
+  describe("migrations", function()
+    local mock
+    setup(function() mock = mockproc.start { network = "ex", api_key = "ex-key" } end)
+    teardown(function() mock:stop() end)
+    before_each(function() mock:reset() end)
+
+    local function env()
+      return ("%s OFFERSLOOK_NETWORK=ex OFFERSLOOK_API_KEY=ex-key OFFERSLOOK_BASE_URL=%s"):format(env_paths(), mock.url)
+    end
+
+    local function codes()
+      local c = assert(require("postback").client(mock:client_opts { network = "ex", api_key = "ex-key" }))
+      local out = {}
+      for pb in c:each {} do out[#out + 1] = pb.code end
+      c:close()
+      return out
+    end
+
+    it("moves every postback from one tracking domain to another", function()
+      mock:seed { count = 30, offer_id = 0, type = 2, code = "https://old-tracker.example/pb?c={click_id}" }
+      mock:seed { count = 5, offer_id = 0, type = 2, code = "https://other.example/pb?c={click_id}" }
+      local out, ok = run(env() .. " " .. lua .. " examples/move_domain.lua old-tracker.example new-tracker.example")
+      assert.is_true(ok, out)
+      assert.matches("30 postbacks read, 30 would move", out)
+      out, ok = run(env() .. " " .. lua .. " examples/move_domain.lua old-tracker.example new-tracker.example --apply")
+      assert.is_true(ok, out)
+      assert.matches("30 moved", out)
+      local moved = 0
+      for _, code in ipairs(codes()) do
+        if code == "https://new-tracker.example/pb?c={click_id}" then moved = moved + 1 end
+        assert.is_nil(code:find("old-tracker", 1, true))
+      end
+      assert.equal(30, moved)
+    end)
+
+    it("renames a macro", function()
+      mock:seed { count = 12, offer_id = 0, type = 2, code = "https://t.example/pb?c={click_id}&s={aff_sub}" }
+      local out, ok = run(env() .. " " .. lua .. " examples/rename_macro.lua aff_sub aff_sub1 --apply")
+      assert.is_true(ok, out)
+      for _, code in ipairs(codes()) do assert.equal("https://t.example/pb?c={click_id}&s={aff_sub1}", code) end
+    end)
+
+    it("round-trips export, edit and import", function()
+      mock:seed { count = 8, offer_id = 0, type = 2, code = "http://t.example/pb?c={click_id}" }
+      local out, ok = run(env() .. " LUA=" .. lua .. " sh examples/export_edit_import.sh")
+      assert.is_true(ok, out)
+      assert.matches("exported 8 postbacks", out)
+      assert.matches('import: {[^\n]*"updated":8', out)
+      assert.matches('again: +{[^\n]*"unchanged":8', out)
+      for _, code in ipairs(codes()) do assert.equal("https://t.example/pb?c={click_id}", code) end
+    end)
+  end)
+
   describe("game server", function()
     local mock
     setup(function() mock = mockproc.start {} end)

@@ -1,0 +1,70 @@
+-- Every public function, method and option has an entry in the reference
+-- (README.md), and the cookbook and changelog exist.
+local postback = require "postback"
+
+local function read(path)
+  local f = assert(io.open(path))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+describe("documentation", function()
+  local readme = read("README.md")
+
+  local function documented(name)
+    return readme:find("`" .. name, 1, true) ~= nil
+  end
+
+  it("covers every function and constant of the module", function()
+    local names = {}
+    for k in pairs(postback) do names[#names + 1] = k end
+    for _, k in ipairs { "client", "fire", "fire_many", "dispatcher", "migrate", "transforms" } do
+      names[#names + 1] = k -- loaded on first use
+    end
+    for _, k in ipairs(names) do
+      if k ~= "Error" then
+        assert.is_true(documented("postback." .. k) or documented(k .. "("), "README has no entry for postback." .. k)
+      end
+    end
+  end)
+
+  it("covers every method of templates, clients and dispatchers", function()
+    local t = postback.template("x")
+    for k in pairs(getmetatable(t).__index) do
+      assert.is_true(documented("t:" .. k), "README has no entry for t:" .. k)
+    end
+    local c = assert(postback.client { network = "n", api_key = "k" })
+    for k, v in pairs(getmetatable(c)) do
+      if type(v) == "function" and not k:find("^__") and k ~= "build" and k ~= "interpret" and k ~= "call"
+         and k ~= "protocol" then
+        assert.is_true(documented("c:" .. k), "README has no entry for c:" .. k)
+      end
+    end
+    local d = postback.dispatcher {}
+    for k, v in pairs(getmetatable(d).__index) do
+      if type(v) == "function" and not k:find("^__") and k ~= "finish" then
+        assert.is_true(documented("d:" .. k), "README has no entry for d:" .. k)
+      end
+    end
+    d:close()
+  end)
+
+  it("covers every ready transform and every command of the command line", function()
+    for k in pairs(postback.transforms) do
+      assert.is_true(documented(k), "README has no entry for transforms." .. k)
+    end
+    for _, cmd in ipairs { "list", "get", "create", "update", "status", "delete", "export", "import",
+                           "migrate", "validate", "render", "fire", "mock" } do
+      assert.truthy(readme:find(cmd, 1, true), "README does not mention postback " .. cmd)
+    end
+  end)
+
+  it("has a cookbook and a changelog", function()
+    local cookbook = read("doc/cookbook.md")
+    for _, topic in ipairs { "migration", "OpenResty", "game server" } do
+      assert.truthy(cookbook:lower():find(topic:lower(), 1, true), "cookbook lacks " .. topic)
+    end
+    assert.truthy(read("CHANGELOG.md"):find("0.1.0", 1, true))
+  end)
+end)
