@@ -26,6 +26,7 @@ typedef struct xfer {
     char err[CURL_ERROR_SIZE];
     unsigned long long tag;
     int has_profile; /* configured with the engine's profile, as pb_engine_get leaves it */
+    int lean_headers; /* no header callback: Retry-After is read once at the end */
     struct xfer *prev, *next;
 } xfer;
 
@@ -332,22 +333,34 @@ static int check_request(const pb_req *r, const char *method, char *why, size_t 
     return PB_OK;
 }
 
+/* libcurl 7.83+ can look a header up after the transfer: firing GETs then
+ * skip the per-line header callback. */
+#if LIBCURL_VERSION_NUM >= 0x075300
+#define PB_HAVE_EASY_HEADER 1
+#else
+#define PB_HAVE_EASY_HEADER 0
+#endif
+
 /* Resets x's handle and applies everything of r but the URL, the method and
- * the body; hdrs is the header list to use (owned elsewhere). */
-static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs)
+ * the body; hdrs is the header list to use (owned elsewhere). With lean,
+ * response headers are not collected (see finish). */
+static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int lean)
 {
     CURL *c = x->easy;
     int ok = 1;
     curl_easy_reset(c);
     x->has_profile = 0;
+    x->lean_headers = lean && PB_HAVE_EASY_HEADER;
 #define SET(opt, val) ok = ok && curl_easy_setopt(c, opt, val) == CURLE_OK
     SET(CURLOPT_PRIVATE, (void *)x);
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_ERRORBUFFER, x->err);
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, (void *)x);
-    SET(CURLOPT_HEADERFUNCTION, on_header);
-    SET(CURLOPT_HEADERDATA, (void *)x);
+    if (!x->lean_headers) {
+        SET(CURLOPT_HEADERFUNCTION, on_header);
+        SET(CURLOPT_HEADERDATA, (void *)x);
+    }
 #if LIBCURL_VERSION_NUM >= 0x075500
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -409,7 +422,7 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
         struct curl_slist *sl = curl_slist_append(x->hdrs, "Expect:");
         if (sl) x->hdrs = sl; else ok = 0;
     }
-    ok = ok && apply_options(x, r, x->hdrs);
+    ok = ok && apply_options(x, r, x->hdrs, 0);
 #define SET(opt, val) ok = ok && curl_easy_setopt(c, opt, val) == CURLE_OK
     SET(CURLOPT_URL, r->url);
     if (strcmp(method, "GET") == 0) {
@@ -451,7 +464,7 @@ int pb_engine_get(pb_engine *e, const char *url, unsigned long long tag, char *w
     x->tag = tag;
     x->max_body = r.max_body ? r.max_body : DEFAULT_MAX_BODY;
     if (!x->has_profile) {
-        if (!apply_options(x, &r, e->profile_hdrs) ||
+        if (!apply_options(x, &r, e->profile_hdrs, 1) ||
             curl_easy_setopt(x->easy, CURLOPT_HTTPGET, 1L) != CURLE_OK) {
             recycle(e, x);
             return PB_ENOMEM;
@@ -494,6 +507,18 @@ static void finish(pb_engine *e, xfer *x, CURLcode rc)
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME, &secs);
     curl_easy_getinfo(x->easy, CURLINFO_REQUEST_SIZE, &reqsize);
+#if PB_HAVE_EASY_HEADER
+    if (x->lean_headers && (status < 200 || status > 299)) {
+        /* Only Retry-After matters to callers of a failed GET. */
+        struct curl_header *h;
+        pb_buf_reset(&x->head);
+        if (curl_easy_header(x->easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK &&
+            pb_find_crlf_nul(h->value, strlen(h->value)) < 0 &&
+            (pb_buf_puts(&x->head, "Retry-After: ") != PB_OK || pb_buf_puts(&x->head, h->value) != PB_OK ||
+             pb_buf_puts(&x->head, "\r\n") != PB_OK))
+            pb_buf_reset(&x->head);
+    }
+#endif
     curl_multi_remove_handle(e->multi, x->easy);
     x->status = status;
     x->seconds = secs;

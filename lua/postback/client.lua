@@ -304,6 +304,10 @@ function Client:call(method, path, query, body)
     })
     if data ~= nil then return data end
     err.attempts = attempts
+    if method == "DELETE" and attempts > 1 and err.status == 404 then
+      -- an earlier try deleted it and its answer was lost: done
+      return {}
+    end
     if not err.retryable then return nil, err end
     local delay = retry.next_delay(self, attempts, started, retry.retry_after(err.retry_after))
     if not delay then return nil, err end
