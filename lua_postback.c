@@ -758,6 +758,9 @@ static void read_request_options(lua_State *L, int t, pb_req *r, int *bad)
     lua_getfield(L, t, "insecure");
     r->insecure = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    lua_getfield(L, t, "fresh_connect");
+    r->fresh_connect = lua_toboolean(L, -1);
+    lua_pop(L, 1);
 }
 
 /* engine{max_host=, max_total=, and a profile for e:get: timeout=,

@@ -382,6 +382,7 @@ static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int 
     }
     if (r->user_agent) SET(CURLOPT_USERAGENT, r->user_agent);
     SET(CURLOPT_PIPEWAIT, 1L);
+    if (r->fresh_connect) SET(CURLOPT_FRESH_CONNECT, 1L);
     if (hdrs) SET(CURLOPT_HTTPHEADER, hdrs);
 #undef SET
     return ok;

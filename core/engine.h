@@ -39,6 +39,9 @@ typedef struct pb_req {
     int insecure;                /* 1 = skip TLS verification */
     const char *ca_file;         /* NULL = system store */
     long follow;                 /* redirects to follow (0 = none) */
+    int fresh_connect;           /* 1 = a new connection: libcurl then never re-sends the
+                                  * request by itself (it does on a reused connection
+                                  * that closes early, even for a POST) */
     const char *user_agent;      /* NULL = none */
     unsigned long long tag;      /* the caller's id, given back in the result */
 } pb_req;

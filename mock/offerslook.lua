@@ -665,6 +665,17 @@ function Server:handle(req)
   local fault = req.early or header_fault(req) or self:take_fault(req)
   local is_api = path:find("^/v1/") ~= nil
   local is_receiver = path:find("^/postback") ~= nil or path:find("^/r/") ~= nil
+  -- API requests are logged on arrival, whatever happens to them next
+  local entry
+  if is_api then
+    self.stats.requests = self.stats.requests + 1
+    self.stats.by_method[req.method] = (self.stats.by_method[req.method] or 0) + 1
+    local headers = {}
+    for k, v in pairs(req.headers) do if k ~= "authorization" then headers[k] = v end end
+    entry = { method = req.method, path = path, query = req.query, headers = headers,
+              body = req.body, auth_ok = self:authorized(req), fault = fault and fault.fault or nil }
+    self.requests[#self.requests + 1] = entry
+  end
   if fault and fault.fault == "reset_before" then return nil, "reset" end
   if fault and fault.fault == "slow" then self:sleep(tonumber(fault.delay) or 1) end
   if is_api and self.latency > 0 then self:sleep(self.latency) end
@@ -676,14 +687,7 @@ function Server:handle(req)
                                           headers = req.headers, body = req.body, time = socket.gettime() }
     status, body, content_type = 200, "OK", "text/plain"
   elseif is_api then
-    self.stats.requests = self.stats.requests + 1
-    self.stats.by_method[req.method] = (self.stats.by_method[req.method] or 0) + 1
-    local auth_ok = self:authorized(req)
-    local headers = {}
-    for k, v in pairs(req.headers) do if k ~= "authorization" then headers[k] = v end end
-    local entry = { method = req.method, path = path, query = req.query, headers = headers,
-                    body = req.body, auth_ok = auth_ok }
-    self.requests[#self.requests + 1] = entry
+    local auth_ok = entry.auth_ok
     local applies = not fault or fault.fault == "slow" or fault.fault == "reset_after"
       or fault.fault == "truncated" or fault.fault == "content_type" or fault.fault == "oversized"
     if not auth_ok then

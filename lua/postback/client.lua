@@ -231,6 +231,10 @@ function Client:build(method, path, query, body)
     insecure = self.insecure,
     ca_file = self.ca_file,
     user_agent = self.user_agent,
+    -- libcurl re-sends a request by itself when a reused connection closes
+    -- before the answer; a POST must not be sent twice, and a DELETE's
+    -- retry must be ours (to know that a 404 then means "already gone").
+    fresh_connect = (method == "POST" and not self.retry_post) or method == "DELETE",
   }
 end
 
