@@ -1,5 +1,6 @@
 -- `luarocks make` with the rockspec installs a module that loads and renders
--- in a fresh Lua 5.4 process that sees only the rock tree.
+-- in a fresh process of the interpreter under test (5.4, 5.3, 5.1 or LuaJIT)
+-- that sees only the rock tree.
 --
 -- LuaRocks' builtin backend writes its .o files next to the sources, so the
 -- build runs in a copy of the source tree in a temporary directory.
@@ -8,7 +9,11 @@ local F = require "fixtures"
 local sh = F.sh
 
 local has_luarocks = F.run("command -v luarocks >/dev/null 2>&1")
-local has_lua54 = F.run("command -v lua5.4 >/dev/null 2>&1")
+local testenv = require "testenv"
+-- the interpreter under test and its LuaRocks version (LuaJIT builds for 5.1)
+local LUA = (testenv.suite == "asan" or testenv.suite == "valgrind") and "lua5.4" or testenv.lua
+local VER = LUA == "luajit" and "5.1" or LUA:match("(%d+%.%d+)$") or "5.4"
+local has_lua54 = F.run("command -v " .. LUA .. " >/dev/null 2>&1")
 
 -- Environment for child processes: none of the specs' module paths, and no
 -- sanitizer preload (the ASan suite sets LD_PRELOAD for the Lua under test).
@@ -42,8 +47,8 @@ describe("luarocks make", function()
     tmp = nil
   end)
 
-  it("installs a tree from which a fresh lua5.4 requires postback and renders", function()
-    assert.is_true(has_lua54, "lua5.4 is needed to run the installed module")
+  it("installs a tree from which a fresh " .. LUA .. " requires postback and renders", function()
+    assert.is_true(has_lua54, LUA .. " is needed to run the installed module")
     local root = F.root()
     tmp = mktemp_dir()
     local src, tree = tmp .. "/src", tmp .. "/tree"
@@ -68,20 +73,24 @@ describe("luarocks make", function()
     local spec_path = exists(src .. "/" .. rockspec) and rockspec or ("rockspecs/" .. rockspec)
 
     local log = tmp .. "/luarocks.log"
-    local ok = F.run("cd " .. sh(src) .. " && " .. CLEAN_ENV .. " luarocks --lua-version 5.4 --tree "
+    local ok = F.run("cd " .. sh(src) .. " && " .. CLEAN_ENV .. " luarocks --lua-version " .. VER .. " --tree "
       .. sh(tree) .. " make --deps-mode=none " .. sh(spec_path) .. " >" .. sh(log) .. " 2>&1")
     assert.is_true(ok, "luarocks make failed:\n" .. (F.readfile(log) or "(no log)"))
 
-    assert.is_true(exists(tree .. "/lib/lua/5.4/postback/core.so"), F.readfile(log))
+    assert.is_true(exists(tree .. "/lib/lua/" .. VER .. "/postback/core.so"), F.readfile(log))
     -- the objects landed in the copy
     assert.is_true(exists(src .. "/lua_postback.o"), "expected the build to run in the copy")
 
-    local lpath = tree .. "/share/lua/5.4/?.lua;" .. tree .. "/share/lua/5.4/?/init.lua;;"
-    local cpath = tree .. "/lib/lua/5.4/?.so;;"
+    local lpath = tree .. "/share/lua/" .. VER .. "/?.lua;" .. tree .. "/share/lua/" .. VER .. "/?/init.lua;;"
+    local cpath = tree .. "/lib/lua/" .. VER .. "/?.so;;"
     local script = table.concat({
       'local p = require "postback"',
-      'local core = package.searchpath("postback.core", package.cpath)',
-      'local mod = package.searchpath("postback", package.path)',
+      -- Lua 5.1 has no package.searchpath
+      'local function find(name, path) for pat in path:gmatch("[^;]+") do'
+        .. ' local f = pat:gsub("%?", (name:gsub("%.", "/"))) local h = io.open(f)'
+        .. ' if h then h:close() return f end end end',
+      'local core = find("postback.core", package.cpath)',
+      'local mod = find("postback", package.path)',
       'print(mod)',
       'print(core)',
       'print(p._VERSION)',
@@ -94,14 +103,14 @@ describe("luarocks make", function()
     }, "\n")
     local out_file = tmp .. "/out.txt"
     ok = F.run("cd " .. sh(tmp) .. " && " .. CLEAN_ENV .. " LUA_PATH=" .. sh(lpath)
-      .. " LUA_CPATH=" .. sh(cpath) .. " lua5.4 -e " .. sh(script) .. " >" .. sh(out_file)
+      .. " LUA_CPATH=" .. sh(cpath) .. " " .. LUA .. " -e " .. sh(script) .. " >" .. sh(out_file)
       .. " 2>&1")
     local out = F.readfile(out_file) or ""
     assert.is_true(ok, "the installed module failed:\n" .. out)
     local lines = {}
     for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
-    assert.are.equal(tree .. "/share/lua/5.4/postback/init.lua", lines[1])
-    assert.are.equal(tree .. "/lib/lua/5.4/postback/core.so", lines[2])
+    assert.are.equal(tree .. "/share/lua/" .. VER .. "/postback/init.lua", lines[1])
+    assert.are.equal(tree .. "/lib/lua/" .. VER .. "/postback/core.so", lines[2])
     assert.truthy((lines[3] or ""):match("^postback %d+%.%d+%.%d+$"), lines[3])
     assert.are.equal("https://t.example/p?c=a%20b%26c&o=42&x={foo}", lines[4])
     assert.are.equal("1.5/true", lines[5])

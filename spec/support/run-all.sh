@@ -2,14 +2,14 @@
 # Runs the project's test suites and ends with one line "N passed, N failed".
 #
 #   sh spec/support/run-all.sh            every suite (what `make test` runs)
-#   sh spec/support/run-all.sh SUITE...   some of: ctest lua5.4 asan valgrind
-#                                          lua5.3 lua5.1 luajit luarocks
+#   sh spec/support/run-all.sh SUITE...   some of: ctest lua5.4 lua5.3 lua5.1
+#                                          luajit asan valgrind fuzz
 #
 # Each suite prints TAP; its "ok"/"not ok" lines are counted. A suite that
 # exits non-zero without a failing test line counts as one failure.
 set -u
 cd "$(dirname "$0")/../.." || exit 2
-suites=${*:-"ctest lua5.4 lua5.3 lua5.1 luajit asan valgrind"}
+suites=${*:-"ctest lua5.4 lua5.3 lua5.1 luajit asan valgrind fuzz"}
 logdir=build/logs
 mkdir -p "$logdir"
 total_pass=0
@@ -20,7 +20,7 @@ BUSTED=$(command -v busted)
 run_suite() {  # name, command...
   name=$1; shift
   log="$logdir/$name.log"
-  echo "== $name: $*"
+  echo "== $name"
   start=$(date +%s)
   "$@" >"$log" 2>&1
   rc=$?
@@ -71,6 +71,22 @@ for s in $suites; do
       POSTBACK_UNDER_VALGRIND=1 busted_suite valgrind lua5.4 build/5.4 \
         valgrind -q --leak-check=full --errors-for-leak-kinds=definite \
         --show-leak-kinds=definite --error-exitcode=99 --trace-children=no ;;
+    fuzz)
+      # each libFuzzer harness for FUZZ_SECONDS (default 15): one test each
+      run_suite fuzz sh -c '
+        n=0
+        for src in fuzz/fuzz_*.c; do
+          h=$(basename "$src" .c); n=$((n + 1))
+          if ! make -s "build/fuzz/$h" >/dev/null 2>&1; then echo "not ok $n - $h: build failed"; continue; fi
+          mkdir -p "build/fuzz/corpus-$h"
+          if "build/fuzz/$h" -max_total_time="${FUZZ_SECONDS:-15}" -print_final_stats=1 \
+               "build/fuzz/corpus-$h" "fuzz/seeds/$h" >"build/logs/fuzz-$h.log" 2>&1; then
+            echo "ok $n - $h: $(grep -o "number_of_executed_units: *[0-9]*" "build/logs/fuzz-$h.log" | grep -o "[0-9]*$") executions, no crash"
+          else
+            echo "not ok $n - $h: crash, see build/logs/fuzz-$h.log"
+            grep -A20 "ERROR" "build/logs/fuzz-$h.log" | sed "s/^/# /" | head -40
+          fi
+        done' ;;
     *) echo "unknown suite: $s"; total_fail=$((total_fail + 1)) ;;
   esac
 done
