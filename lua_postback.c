@@ -1158,33 +1158,28 @@ static const luaL_Reg functions[] = {
 
 PB_EXPORT int luaopen_postback_core(lua_State *L);
 
+/* Creates the metatable of a userdata type (once per state): metamethods,
+ * methods as __index, and __name for argument errors. */
+static void register_class(lua_State *L, const char *name, const luaL_Reg *meta,
+                           const luaL_Reg *methods)
+{
+    if (luaL_newmetatable(L, name)) {
+        pb_setfuncs(L, meta);
+        lua_newtable(L);
+        pb_setfuncs(L, methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushstring(L, name);
+        lua_setfield(L, -2, "__name");
+    }
+    lua_pop(L, 1);
+}
+
 PB_EXPORT int luaopen_postback_core(lua_State *L)
 {
     int i;
-    if (luaL_newmetatable(L, PB_TEMPLATE_MT)) {
-        pb_setfuncs(L, template_meta);
-        pb_newlib(L, template_methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushstring(L, PB_TEMPLATE_MT);
-        lua_setfield(L, -2, "__name");
-    }
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, PB_ENGINE_MT)) {
-        pb_setfuncs(L, engine_meta);
-        pb_newlib(L, engine_methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushstring(L, PB_ENGINE_MT);
-        lua_setfield(L, -2, "__name");
-    }
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, PB_SPOOL_MT)) {
-        pb_setfuncs(L, spool_meta);
-        pb_newlib(L, spool_methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushstring(L, PB_SPOOL_MT);
-        lua_setfield(L, -2, "__name");
-    }
-    lua_pop(L, 1);
+    register_class(L, PB_TEMPLATE_MT, template_meta, template_methods);
+    register_class(L, PB_ENGINE_MT, engine_meta, engine_methods);
+    register_class(L, PB_SPOOL_MT, spool_meta, spool_methods);
     /* libcurl's global set-up, undone when this state closes (curl counts). */
     lua_getfield(L, LUA_REGISTRYINDEX, PB_CURL_SENTINEL);
     if (lua_isnil(L, -1)) {

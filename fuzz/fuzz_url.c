@@ -24,12 +24,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define FAIL(...)                                  \
-    do {                                           \
-        fprintf(stderr, "fuzz_url: " __VA_ARGS__); \
-        fputc('\n', stderr);                       \
-        abort();                                   \
-    } while (0)
+#define FUZZ_NAME "fuzz_url"
+#include "fuzz/fuzz_common.h"
 
 static int ieq_prefix(const uint8_t *s, size_t n, const char *p)
 {

@@ -25,37 +25,9 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define FAIL(...)                                       \
-    do {                                                \
-        fprintf(stderr, "fuzz_validate: " __VA_ARGS__); \
-        fputc('\n', stderr);                            \
-        abort();                                        \
-    } while (0)
+#define FUZZ_NAME "fuzz_validate"
+#include "fuzz/fuzz_common.h"
 
-typedef struct track {
-    long n, fail_at;
-    int failed;
-} track;
-
-static void *track_fn(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    track *tr = (track *)ud;
-    size_t *h = ptr ? (size_t *)ptr - 2 : NULL;
-    if (h && h[0] != osize) FAIL("osize %zu for a block of %zu bytes", osize, h[0]);
-    if (nsize == 0) {
-        free(h);
-        return NULL;
-    }
-    tr->n++;
-    if (tr->fail_at && tr->n == tr->fail_at) {
-        tr->failed = 1;
-        return NULL;
-    }
-    h = (size_t *)realloc(h, nsize + 2 * sizeof(size_t));
-    if (!h) return NULL;
-    h[0] = nsize;
-    return h + 2;
-}
 
 typedef struct rd {
     const uint8_t *p;
