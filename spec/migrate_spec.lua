@@ -55,35 +55,45 @@ describe("migrate", function()
       assert.equal(N, report.skipped)
     end)
 
-    it("renames a macro and sets, adds and removes query parameters", function()
-      mock:seed { count = 40, offer_id = 0, type = 2, code = "https://t.example/pb?c={click_id}&s={aff_sub}&old=1" }
-      local report = assert(postback.migrate { client = c, transform = T.chain(
-        T.rename_macro("aff_sub", "aff_sub1"), T.set_param("src", "ol"), T.remove_param("old"),
-        T.add_param("c", "{ignored}")) })
-      assert.equal(40, report.changed)
-      for pb in c:each {} do
-        assert.equal("https://t.example/pb?c={click_id}&s={aff_sub1}&src=ol", pb.code)
+    it("renames a macro on every postback", function()
+      mock:seed { count = N, offer_id = 0, type = 2, code = "https://t.example/pb?c={click_id}&s={aff_sub}" }
+      local report = assert(postback.migrate { client = c, transform = T.rename_macro("aff_sub", "aff_sub1"),
+                                                concurrency = 16 })
+      assert.equal(N, report.changed)
+      for pb in c:each { limit = 1000 } do assert.equal("https://t.example/pb?c={click_id}&s={aff_sub1}", pb.code) end
+      local _, max = writes()
+      assert.equal(1, max)
+    end)
+
+    it("sets, adds and removes query parameters on every postback", function()
+      mock:seed { count = N, offer_id = 0, type = 2, code = "https://t.example/pb?c={click_id}&old=1" }
+      local report = assert(postback.migrate { client = c, concurrency = 16, transform = T.chain(
+        T.set_param("src", "ol"), T.remove_param("old"), T.add_param("c", "{ignored}"), T.add_param("v", "2")) })
+      assert.equal(N, report.changed)
+      for pb in c:each { limit = 1000 } do
+        assert.equal("https://t.example/pb?c={click_id}&src=ol&v=2", pb.code)
       end
     end)
 
     it("changes the type where the offer's protocol allows it, and refuses elsewhere", function()
-      mock:seed { count = 10, offer_id = 3, type = 2 }
-      mock:seed { count = 10, offer_id = 2, type = 2 }
-      local report = assert(postback.migrate { client = c, transform = T.set_type(1) })
-      assert.equal(20, report.scanned)
-      assert.equal(10, report.changed)
-      assert.equal(10, report.failed)
+      local half = math.floor(N / 2)
+      mock:seed { count = half, offer_id = 3, type = 2 }
+      mock:seed { count = N - half, offer_id = 2, type = 2 }
+      local report = assert(postback.migrate { client = c, transform = T.set_type(1), concurrency = 16 })
+      assert.equal(N, report.scanned)
+      assert.equal(half, report.changed)
+      assert.equal(N - half, report.failed)
       assert.equal("type_not_allowed", report.errors[1].error.errors[1].code)
-      for pb in c:each {} do
+      for pb in c:each { limit = 1000 } do
         assert.equal(pb.offer_id == 3 and 1 or 2, pb.type)
       end
-      assert.equal(10, (writes())) -- seeding is not a write; 10 updates
+      assert.equal(half, (writes())) -- seeding is not a write; the refused cost no request
     end)
 
     it("sets the status with PATCH", function()
-      mock:seed { count = 12, status = "approved" }
-      local report = assert(postback.migrate { client = c, transform = T.set_status("rejected") })
-      assert.equal(12, report.changed)
+      mock:seed { count = N, status = "approved" }
+      local report = assert(postback.migrate { client = c, transform = T.set_status("rejected"), concurrency = 16 })
+      assert.equal(N, report.changed)
       local patches = 0
       for _, r in ipairs(mock:requests()) do
         if r.method == "PATCH" then
@@ -91,7 +101,7 @@ describe("migrate", function()
           assert.equal("status=rejected", r.query)
         end
       end
-      assert.equal(12, patches)
+      assert.equal(N, patches)
     end)
   end)
 

@@ -607,7 +607,8 @@ function M.encode_query(query)
     for _, f in ipairs(query.fields) do
       if not FIELDS[f] then return nil, invalid("fields: unknown field " .. tostring(f), "fields", "unknown_field") end
     end
-    parts[#parts + 1] = "fields=" .. enc(table.concat(query.fields, ","))
+    -- a comma list, as documented (the names are checked identifiers)
+    parts[#parts + 1] = "fields=" .. table.concat(query.fields, ",")
   end
   if query.filters ~= nil then
     if type(query.filters) ~= "table" then return nil, invalid("filters must be a table", "filters", "type") end
