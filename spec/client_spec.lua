@@ -617,6 +617,22 @@ describe("client", function()
       assert.equal(40, mock:stats().postbacks)
     end)
 
+    it("takes named ops too", function()
+      local made = assert(c:create { offer_id = 0, affiliate_id = 1, type = 2, code = url_code("n") })
+      local results = c:batch {
+        { op = "get", id = made.id },
+        { op = "update", id = made.id, fields = { code = url_code("n2") } },
+        { op = "set_status", id = made.id, status = "rejected" },
+        { op = "create", record = { offer_id = 0, affiliate_id = 2, type = 2, code = url_code("n3") } },
+        { op = "delete", id = 424242 },
+      }
+      assert.is_true(results[1].ok)
+      assert.matches("t=n2$", results[2].value.code)
+      assert.equal("rejected", results[3].value.status)
+      assert.equal(2, results[4].value.affiliate_id)
+      assert.equal(404, results[5].error.status)
+    end)
+
     it("retries each op by the client's rules", function()
       local made = assert(c:create { offer_id = 0, affiliate_id = 1, type = 2, code = url_code("x") })
       mock:fault { fault = "status", status = 503, times = 3, method = "GET" }

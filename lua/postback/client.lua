@@ -485,8 +485,21 @@ function Client:set_status(id, status) return run(self, prepare.set_status(self,
 -- returns it, else true.
 function Client:delete(id) return run(self, prepare.delete(self, id)) end
 
+-- An op's name and arguments: {name, a, b} or {op = name, id =, record =
+-- | fields =, status =} (method = or call = also name it).
+local function op_args(op)
+  if type(op) ~= "table" then return nil end
+  local name = op[1] or op.op or op.method or op.call
+  if op[1] ~= nil then return name, op[2], op[3] end
+  if name == "create" then return name, op.record or op.rec or op.fields or op.data end
+  if name == "update" then return name, op.id, op.fields or op.record or op.changes or op.data end
+  if name == "set_status" then return name, op.id, op.status end
+  return name, op.id
+end
+
 --- Many API calls at once. ops is an array of {name, args...} with name one
--- of create, get, update, set_status, delete, e.g. {"update", 7, {code = c}}.
+-- of create, get, update, set_status, delete, e.g. {"update", 7, {code = c}},
+-- or of named ops: {op = "update", id = 7, fields = {code = c}}.
 -- opts: concurrency (default 8), on_progress(done, total, result, index).
 -- Returns an array of results in op order: {ok = true, value = v} or
 -- {ok = false, error = err}. Each op is retried by the client's rules.
@@ -512,14 +525,20 @@ function Client:batch(ops, opts)
   -- Prepare every op (local checks, protocol look-ups) before sending any.
   local calls = {}
   for i = 1, total do
-    local op = ops[i]
-    local fn = type(op) == "table" and prepare[op[1]]
+    local name, a, b = op_args(ops[i])
+    local fn = prepare[name]
     if not fn then
-      complete(i, nil, invalid(("op %d: expected {name, args...} with name one of create, get, "
-        .. "update, set_status, delete"):format(i), "op", "invalid"))
+      complete(i, nil, invalid(("op %d: expected {name, args...} or {op = name, ...} with name one of "
+        .. "create, get, update, set_status, delete"):format(i), "op", "invalid"))
     else
-      local call, err = fn(self, op[2], op[3])
-      if call then calls[#calls + 1] = { i, call } else complete(i, nil, err) end
+      local ok, call, err = pcall(fn, self, a, b)
+      if not ok then
+        complete(i, nil, invalid(("op %d: %s"):format(i, tostring(call)), "op", "invalid"))
+      elseif call then
+        calls[#calls + 1] = { i, call }
+      else
+        complete(i, nil, err)
+      end
     end
   end
 
