@@ -832,8 +832,8 @@ function M.main(argv)
     i = i + 1
   end
   local server = M.new(opts)
-  local ok, port = pcall(server.start, server)
-  if not ok then
+  local started, port = pcall(server.start, server)
+  if not started then
     io.stderr:write("mock: ", tostring(port), "\n")
     return 2
   end

@@ -380,9 +380,6 @@ describe("firing", function()
       p:close()
       os.remove(script)
       mock:control("DELETE", "/_mock/faults")
-      local before = received()
-      local delivered_before = {}
-      for _, g in ipairs(before) do delivered_before[parse_query(g.query).click_id] = true end
 
       local d = assert(postback.dispatcher { spool = spool, concurrency = 16 })
       assert.is_true(d.recovered > 0)

@@ -151,8 +151,8 @@ function M.new(opts)
   local transport = opts.transport
   if transport == nil and type(ngx) == "table" then
     -- inside OpenResty: the cosocket transport, never the blocking engine
-    local ok, ngxt = pcall(require, "postback.transport.ngx")
-    if ok and ngxt.available() then transport = ngxt end
+    local found, ngxt = pcall(require, "postback.transport.ngx")
+    if found and ngxt.available() then transport = ngxt end
   end
   if transport == nil then
     local curl = require "postback.transport.curl"

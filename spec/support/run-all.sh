@@ -2,14 +2,14 @@
 # Runs the project's test suites and ends with one line "N passed, N failed".
 #
 #   sh spec/support/run-all.sh            every suite (what `make test` runs)
-#   sh spec/support/run-all.sh SUITE...   some of: ctest lua5.4 lua5.3 lua5.1
-#                                          luajit asan valgrind fuzz
+#   sh spec/support/run-all.sh SUITE...   some of: lint ctest lua5.4 lua5.3
+#                                          lua5.1 luajit asan valgrind fuzz
 #
 # Each suite prints TAP; its "ok"/"not ok" lines are counted. A suite that
 # exits non-zero without a failing test line counts as one failure.
 set -u
 cd "$(dirname "$0")/../.." || exit 2
-suites=${*:-"ctest lua5.4 lua5.3 lua5.1 luajit asan valgrind fuzz"}
+suites=${*:-"lint ctest lua5.4 lua5.3 lua5.1 luajit asan valgrind fuzz"}
 logdir=build/logs
 mkdir -p "$logdir"
 total_pass=0
@@ -71,6 +71,19 @@ for s in $suites; do
       POSTBACK_UNDER_VALGRIND=1 busted_suite valgrind lua5.4 build/5.4 \
         valgrind -q --leak-check=full --errors-for-leak-kinds=definite \
         --show-leak-kinds=definite --error-exitcode=99 --trace-children=no ;;
+    lint)
+      # luacheck over all Lua (.luacheckrc), and the C under clang's warnings
+      run_suite lint sh -c '
+        if command -v luacheck >/dev/null 2>&1; then
+          if luacheck -q --no-color lua bin/postback mock examples bench spec >build/logs/luacheck.log 2>&1; then
+            echo "ok 1 - luacheck: no warnings"
+          else echo "not ok 1 - luacheck"; sed "s/^/# /" build/logs/luacheck.log | tail -30; fi
+        else echo "ok 1 - # SKIP luacheck is not installed"; fi
+        if clang -std=c99 -Wall -Wextra -Werror -pedantic -Wmissing-prototypes -Wshadow \
+             -D_POSIX_C_SOURCE=200809L $(pkg-config --cflags lua5.4 libcurl) -I. -fsyntax-only \
+             lua_postback.c core/*.c examples/game_server/main.c >build/logs/clang.log 2>&1; then
+          echo "ok 2 - clang -Wall -Wextra -Werror: clean"
+        else echo "not ok 2 - clang warnings"; sed "s/^/# /" build/logs/clang.log | head -30; fi' ;;
     fuzz)
       # each libFuzzer harness for FUZZ_SECONDS (default 15): one test each
       run_suite fuzz sh -c '

@@ -213,7 +213,7 @@ function M.fire_many(items, opts)
   local o = fire.options(opts, 2, "fire_many")
   local transport = M.new()
   local results = o.on_result == nil and {} or nil
-  local n, count = 0, 0
+  local count = 0
   local it = type(items)
   local len = it == "table" and #items or math.huge
   local cache = setmetatable({}, { __mode = "v" })
@@ -280,9 +280,8 @@ function M.fire_many(items, opts)
     local ok, err = ngx.thread.wait(threads[k])
     if not ok then error(err, 0) end
   end
-  n = count
   if results then return results end
-  return n
+  return count
 end
 
 return M
