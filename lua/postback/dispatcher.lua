@@ -160,7 +160,6 @@ function Dispatcher:finish(job, ...)
     local delay = fire.retry_delay(o, job, r)
     if delay then return delay end
   end
-  r.index, r.item = nil, nil
   if r.ok then
     self.delivered = self.delivered + 1
     if job.spooled then spool_write(self, { op = "done", id = job.id }) end

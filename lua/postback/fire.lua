@@ -255,7 +255,7 @@ function M.fire_many(items, opts)
 
   local function deliver(r)
     local i = r.index
-    r.index, r.item = nil, nil
+    r.index = nil
     if results then results[i] = r end
     if on_result then on_result(r, i) end
   end
@@ -367,7 +367,6 @@ function M.fire(target, values, opts)
   local ok, perr = pcall(p.run, p)
   p:close()
   if not ok then error(perr, 0) end
-  result.index, result.item = nil, nil
   if result.ok then return result end
   local e = result.error
   e.attempts, e.body, e.status = result.attempts, result.body, result.status
