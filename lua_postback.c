@@ -815,6 +815,20 @@ static int l_engine_tostring(lua_State *L)
     return 1;
 }
 
+/* After pb_engine_add/get: pushes the new transfer's tag, or nil and the
+ * reason it was refused (nothing sent); raises on memory failure. */
+static int push_started(lua_State *L, lengine *le, int rc, const char *why)
+{
+    if (rc == PB_ENOMEM) return pb_fail_nomem(L);
+    if (rc != PB_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    lua_pushinteger(L, ++le->next_tag);
+    return 1;
+}
+
 /* e:add{method=, url=, headers=, body=, username=, password=, timeout=,
  *       connect_timeout=, max_body=, insecure=, ca_file=, follow=,
  *       user_agent=} -> tag | nil, reason   (nothing sent on nil) */
@@ -850,14 +864,7 @@ static int l_engine_add(lua_State *L)
     r.nheaders = (size_t)nh;
     r.tag = (unsigned long long)(le->next_tag + 1);
     rc = pb_engine_add(le->e, &r, why, sizeof why);
-    if (rc == PB_ENOMEM) return pb_fail_nomem(L);
-    if (rc != PB_OK) {
-        lua_pushnil(L);
-        lua_pushstring(L, why);
-        return 2;
-    }
-    lua_pushinteger(L, ++le->next_tag);
-    return 1;
+    return push_started(L, le, rc, why);
 }
 
 /* e:get(url) -> tag | nil, reason: a GET with the engine's profile */
@@ -874,14 +881,7 @@ static int l_engine_get(lua_State *L)
         return 2;
     }
     rc = pb_engine_get(le->e, url, (unsigned long long)(le->next_tag + 1), why, sizeof why);
-    if (rc == PB_ENOMEM) return pb_fail_nomem(L);
-    if (rc != PB_OK) {
-        lua_pushnil(L);
-        lua_pushstring(L, why);
-        return 2;
-    }
-    lua_pushinteger(L, ++le->next_tag);
-    return 1;
+    return push_started(L, le, rc, why);
 }
 
 /* e:perform(timeout_s) -> number of finished transfers waiting */
