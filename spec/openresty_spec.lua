@@ -98,6 +98,17 @@ describe("OpenResty gateway example", function()
 
   before_each(function() mock:reset() end)
 
+  -- What the receiver got, once it holds n postbacks (or after 5 s).
+  local function received_at_least(n)
+    local got
+    for _ = 1, 100 do
+      got = mock:received()
+      if #got >= n then break end
+      socket.sleep(0.05)
+    end
+    return got
+  end
+
   it("proxies postback CRUD to Offerslook", function()
     local code = mock.url .. "/postback?click_id={click_id}&payout={payout}"
     local status, body = request(port, "POST", "/admin/postbacks",
@@ -139,12 +150,7 @@ describe("OpenResty gateway example", function()
     local status, body = request(port, "GET", "/conversion?click_id=c-77&payout=1.5&offer_id=3")
     assert.equal(202, status, body .. error_log())
     assert.equal(3, cjson.decode(body).queued)
-    local got
-    for _ = 1, 100 do
-      got = mock:received()
-      if #got >= 3 then break end
-      socket.sleep(0.05)
-    end
+    local got = received_at_least(3)
     assert.equal(3, #got, error_log())
     local affs = {}
     for _, g in ipairs(got) do
@@ -172,12 +178,6 @@ describe("OpenResty gateway example", function()
     end
     assert.is_true(socket.gettime() - t0 < 1.5, "the health checks waited for the receiver")
     assert.is_true(worst < 0.5, ("a health check took %.0f ms"):format(worst * 1000))
-    local got
-    for _ = 1, 100 do
-      got = mock:received()
-      if #got >= 4 then break end
-      socket.sleep(0.05)
-    end
-    assert.equal(4, #got, error_log())
+    assert.equal(4, #received_at_least(4), error_log())
   end)
 end)
