@@ -55,6 +55,12 @@ function M.validation(list, message)
   return M.new("validation", { errors = list, message = message })
 end
 
+--- Raises the usual "bad argument #n to 'fname' (msg)" error. level is what
+-- the caller would give error() itself (this function's frame is added).
+function M.argerror(n, fname, msg, level)
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level + 1)
+end
+
 --- true when v is an error made here.
 function M.is(v)
   return type(v) == "table" and getmetatable(v) == mt

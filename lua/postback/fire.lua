@@ -29,7 +29,7 @@ M.DEFAULTS = {
 local template_mt = core.template_mt
 
 local function argerror(n, fname, msg)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 4)
+  errors.argerror(n, fname, msg, 4)
 end
 
 --- Reads and checks fire options (raising on wrong types), filled with defaults.

@@ -23,7 +23,7 @@ for i, name in ipairs(core.MACROS) do M.MACROS[i] = name end
 M.Error = errors.mt
 
 local function argerror(n, fname, msg)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
+  errors.argerror(n, fname, msg, 3)
 end
 
 local function opt_table(v, n, fname)

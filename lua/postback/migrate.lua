@@ -24,7 +24,7 @@ local M = {}
 local CHANGEABLE = { code = true, type = true, status = true }
 
 local function argerror(msg)
-  error("bad argument #1 to 'migrate' (" .. msg .. ")", 3)
+  errors.argerror(1, "migrate", msg, 3)
 end
 
 -- ---- journal -------------------------------------------------------------
