@@ -52,7 +52,9 @@ demo-deps:
 test-deps:
 	@sh .ci/deps.sh $(PKG_TEST)
 
-$(BUILD)/postback/core.so: lua_postback.c $(CORE_SRC) $(CORE_HDR) | deps
+BINDING_SRC := $(wildcard binding/*.c)
+
+$(BUILD)/postback/core.so: lua_postback.c $(BINDING_SRC) $(CORE_SRC) $(CORE_HDR) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) lua_postback.c $(CORE_SRC) -o $@ $(LDFLAGS_ALL)
 
@@ -85,7 +87,7 @@ build/ctest/test_core: spec/c/test_core.c $(CORE_SRC) $(CORE_HDR)
 	  spec/c/test_core.c $(CORE_SRC) -o $@ $(CURL_LIBS) -lm
 
 # The embedded example: a C game loop with Lua 5.4 and postback linked in.
-build/game_server: examples/game_server/main.c lua_postback.c $(CORE_SRC) $(CORE_HDR) | deps
+build/game_server: examples/game_server/main.c lua_postback.c $(BINDING_SRC) $(CORE_SRC) $(CORE_HDR) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -O2 -g -D_POSIX_C_SOURCE=200809L $(shell pkg-config --cflags lua5.4) \
 	  $(CURL_CFLAGS) -I. examples/game_server/main.c lua_postback.c $(CORE_SRC) -o $@ \

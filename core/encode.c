@@ -17,14 +17,10 @@ size_t pb_url_encoded_len(const char *s, size_t n)
     return len;
 }
 
-int pb_url_encode(pb_buf *out, const char *s, size_t n)
+size_t pb_url_encode_into(char *dst, const char *s, size_t n)
 {
-    size_t i, need = pb_url_encoded_len(s, n);
-    char *p;
-    int rc;
-    if (need == n) return pb_buf_append(out, s, n);
-    if ((rc = pb_buf_reserve(out, need)) != PB_OK) return rc;
-    p = out->data + out->len;
+    char *p = dst;
+    size_t i;
     for (i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (pb_is_unreserved(c)) {
@@ -35,7 +31,16 @@ int pb_url_encode(pb_buf *out, const char *s, size_t n)
             *p++ = hexdigits[c & 15];
         }
     }
-    out->len += need;
+    return (size_t)(p - dst);
+}
+
+int pb_url_encode(pb_buf *out, const char *s, size_t n)
+{
+    size_t need = pb_url_encoded_len(s, n);
+    int rc;
+    if (need == n) return pb_buf_append(out, s, n);
+    if ((rc = pb_buf_reserve(out, need)) != PB_OK) return rc;
+    out->len += pb_url_encode_into(out->data + out->len, s, n);
     out->data[out->len] = '\0';
     return PB_OK;
 }

@@ -1,0 +1,225 @@
+/* binding/template.c - postback.template: parse once, render many times. */
+
+typedef struct ltemplate {
+    pb_template *t;
+    pb_buf scratch; /* reused output buffer */
+    int busy;       /* scratch in use (a render re-entered from a metamethod) */
+} ltemplate;
+
+static ltemplate *check_template(lua_State *L, int i)
+{
+    ltemplate *lt = (ltemplate *)luaL_checkudata(L, i, PB_TEMPLATE_MT);
+    if (!lt->t) luaL_argerror(L, i, "template has been freed");
+    return lt;
+}
+
+/* Pushes the template userdata for code; raises only on memory failure. */
+static ltemplate *push_template(lua_State *L, const char *code, size_t len)
+{
+    ltemplate *lt = (ltemplate *)pb_newuserdata(L, sizeof *lt, 1);
+    size_t i;
+    lt->t = NULL;
+    lt->busy = 0;
+    pb_buf_init(&lt->scratch, NULL);
+    pb_setmetatable(L, PB_TEMPLATE_MT);
+    lt->t = pb_template_parse(code, len, NULL);
+    if (!lt->t) pb_fail_nomem(L);
+    /* The uservalue holds the names as Lua strings, so rendering looks each
+     * value up without re-hashing a C string. */
+    lua_createtable(L, (int)(lt->t->nnames > 0x7fffffff ? 0 : lt->t->nnames), 0);
+    for (i = 0; i < lt->t->nnames; i++) {
+        lua_pushlstring(L, lt->t->src + lt->t->names[i].off, lt->t->names[i].len);
+        lua_rawseti(L, -2, (int)(i + 1));
+    }
+    pb_setuservalue(L, -2);
+    return lt;
+}
+
+/* template(code) -> template */
+static int l_template(lua_State *L)
+{
+    size_t len;
+    const char *code = pb_checkstring(L, 1, &len);
+    push_template(L, code, len);
+    return 1;
+}
+
+static int l_template_gc(lua_State *L)
+{
+    ltemplate *lt = (ltemplate *)luaL_checkudata(L, 1, PB_TEMPLATE_MT);
+    pb_template_free(lt->t);
+    lt->t = NULL;
+    pb_buf_free(&lt->scratch);
+    return 0;
+}
+
+static int l_template_tostring(lua_State *L)
+{
+    ltemplate *lt = (ltemplate *)luaL_checkudata(L, 1, PB_TEMPLATE_MT);
+    /* The code itself may carry tokens: show only its shape. */
+    if (!lt->t)
+        lua_pushstring(L, "postback.template (freed)");
+    else
+        lua_pushfstring(L, "postback.template (%d macros, %d bytes): %p", (int)lt->t->nmacros,
+                        (int)lt->t->src_len, (void *)lt);
+    return 1;
+}
+
+/* t:macros() -> {name, ...} in order of first use */
+static int l_template_macros(lua_State *L)
+{
+    ltemplate *lt = check_template(L, 1);
+    size_t i;
+    lua_createtable(L, (int)(lt->t->nnames > 0x7fffffff ? 0 : lt->t->nnames), 0);
+    pb_getuservalue(L, 1);
+    for (i = 0; i < lt->t->nnames; i++) {
+        lua_rawgeti(L, -1, (int)(i + 1));
+        lua_rawseti(L, -3, (int)(i + 1));
+    }
+    lua_pop(L, 1);
+    return 1;
+}
+
+static const char *const missing_names[] = { "empty", "keep", "error", NULL };
+static const char *const encode_names[] = { "url", "none", NULL };
+
+/* Renders template lt (userdata at index ti) with the values table at vi
+ * (0 = none) and options table at oi (0 = none); pushes string or nil, err. */
+static int render(lua_State *L, ltemplate *lt, int ti, int vi, int oi, int optarg)
+{
+    pb_template *t = lt->t;
+    pb_value small[16], *vals = small;
+    pb_render_opts ro;
+    pb_render_err err;
+    pb_buf local, *out;
+    size_t i;
+    int rc;
+
+    ro.missing = pb_optenum(L, oi, optarg, "missing", "empty", missing_names);
+    ro.encode = pb_optenum(L, oi, optarg, "encode", "url", encode_names);
+
+    if (t->nnames > sizeof small / sizeof small[0]) {
+        if (t->nnames > (size_t)-1 / sizeof *vals) return pb_fail_nomem(L);
+        vals = (pb_value *)pb_newuserdata(L, t->nnames * sizeof *vals, 0);
+    }
+    if (t->nnames > 0x7fffffff) return luaL_error(L, "template has too many macros to render");
+    if (vi && t->nnames) {
+        /* Looked-up values must stay alive while their strings are used:
+         * on the stack when few, else in a table (stacks are limited). */
+        int on_stack = t->nnames <= 64 && lua_checkstack(L, (int)t->nnames + 4);
+        int names, keep = 0;
+        pb_getuservalue(L, ti);
+        names = lua_gettop(L);
+        if (!on_stack) {
+            lua_createtable(L, (int)t->nnames, 0);
+            keep = lua_gettop(L);
+        }
+        for (i = 0; i < t->nnames; i++) {
+            lua_rawgeti(L, names, (int)(i + 1));
+            lua_gettable(L, vi); /* honours __index */
+            pb_tovalue(L, -1, &vals[i]);
+            if (!on_stack) lua_rawseti(L, keep, (int)(i + 1));
+        }
+    } else {
+        memset(vals, 0, t->nnames * sizeof *vals);
+    }
+
+    if (lt->busy) {
+        pb_buf_init(&local, NULL);
+        out = &local;
+    } else {
+        out = &lt->scratch;
+        pb_buf_reset(out);
+        lt->busy = 1;
+    }
+    rc = pb_template_render(t, vals, &ro, out, &err);
+    if (rc == PB_OK) {
+        lua_pushlstring(L, pb_buf_str(out), out->len);
+    }
+    if (out == &lt->scratch) {
+        lt->busy = 0;
+        if (out->cap > 65536) pb_buf_free(out); /* don't keep a huge buffer around */
+    } else {
+        pb_buf_free(out);
+    }
+    if (rc == PB_OK) return 1;
+    if (rc == PB_ENOMEM || rc == PB_ELIMIT) return pb_fail_nomem(L);
+
+    /* A value problem: nil, error naming the macro. */
+    {
+        const pb_name *nm = &t->names[err.slot];
+        const pb_value *v = &vals[err.slot];
+        lua_pushnil(L);
+        lua_pushlstring(L, t->src + nm->off, nm->len);
+        if (rc == PB_RERR_MISSING)
+            lua_pushfstring(L, "no value for macro {%s} (missing = \"error\")",
+                            lua_tostring(L, -1));
+        else if (rc == PB_RERR_NONFINITE)
+            lua_pushfstring(L, "value for macro {%s} is not a finite number", lua_tostring(L, -1));
+        else
+            lua_pushfstring(L, "value for macro {%s} is a %s (expected a string, number or boolean)",
+                            lua_tostring(L, -1), v->s ? v->s : "value");
+        pb_pusherror(L, "validation", rc == PB_RERR_MISSING ? "missing" : "bad_value", NULL,
+                     lua_tostring(L, -1));
+        lua_pushvalue(L, -3);
+        lua_setfield(L, -2, "field");
+        lua_pushvalue(L, -3);
+        lua_setfield(L, -2, "macro");
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+        return 2;
+    }
+}
+
+/* t:render(values, opts) -> string | nil, err */
+static int l_template_render(lua_State *L)
+{
+    ltemplate *lt = check_template(L, 1);
+    int vi = pb_opttable(L, 2) ? 2 : 0;
+    int oi = pb_opttable(L, 3) ? 3 : 0;
+    return render(L, lt, 1, vi, oi, 3);
+}
+
+/* render(code, values, opts) -> string | nil, err (parses, renders, drops) */
+static int l_render(lua_State *L)
+{
+    int ti = 1, vi, oi;
+    if (!pb_testudata(L, 1, PB_TEMPLATE_MT)) pb_checktype(L, 1, LUA_TSTRING);
+    vi = pb_opttable(L, 2) ? 2 : 0;
+    oi = pb_opttable(L, 3) ? 3 : 0;
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        size_t len;
+        const char *code = lua_tolstring(L, 1, &len);
+        push_template(L, code, len);
+        ti = lua_gettop(L);
+    }
+    return render(L, check_template(L, ti), ti, vi, oi, 3);
+}
+
+
+static const luaL_Reg template_methods[] = {
+    { "render", l_template_render },
+    { "macros", l_template_macros },
+    { NULL, NULL },
+};
+
+static const luaL_Reg template_meta[] = {
+    { "__gc", l_template_gc },
+    { "__tostring", l_template_tostring },
+    { NULL, NULL },
+};
+
+static const luaL_Reg template_functions[] = {
+    { "template", l_template },
+    { "render", l_render },
+    { NULL, NULL },
+};
+
+/* Registers the template type and its module functions (module table on top). */
+static void open_template(lua_State *L)
+{
+    register_class(L, PB_TEMPLATE_MT, template_meta, template_methods);
+    pb_setfuncs(L, template_functions);
+    luaL_getmetatable(L, PB_TEMPLATE_MT);
+    lua_setfield(L, -2, "template_mt");
+}
