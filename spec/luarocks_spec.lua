@@ -59,7 +59,7 @@ describe("luarocks make", function()
     assert.is_true(exists(root .. "/" .. rockspec) or exists(root .. "/rockspecs/" .. rockspec),
       "no " .. rockspec .. " in " .. root)
 
-    local copy = { "lua_postback.c", "core", "lua", "mock" }
+    local copy = { "lua_postback.c", "binding", "core", "lua", "mock" }
     for _, opt in ipairs({ "bin", "rockspecs" }) do
       if exists(root .. "/" .. opt) then copy[#copy + 1] = opt end
     end
