@@ -1,9 +1,35 @@
-/* binding/engine.c - postback.engine: the libcurl multi engine. */
+/* binding/engine.c - postback.engine: the libcurl multi engine.
+ *
+ *   e = core.engine{max_running=, max_host=, max_total=, <request options>}
+ *   e:add(req, tag)              -> true | nil, why   a request table
+ *   e:get(url, tag)              -> true | nil, why   a GET with e's options
+ *   e:fire(target, values, tag, ropts) -> true | nil, err
+ *   e:feed(items, i, n, ropts)   -> next_i, what [, item | err]
+ *   e:perform(timeout)           -> transfers finished and not yet drained
+ *   e:drain(sink)                -> transfers drained
+ *
+ * fire and feed render postbacks straight into the engine (no Lua string
+ * per URL) and mark them as plain fires; drain turns a plain fire that got
+ * a 2xx answer into its result table here, in C, and hands every other
+ * outcome to Lua as one table, for the executor to judge. Tags are the
+ * caller's job ids. */
 
 typedef struct lengine {
     pb_engine *e;
-    lua_Integer next_tag;
+    pb_buf url; /* rendered URLs */
+    int busy;   /* url in use (a render re-entered from a metamethod) */
 } lengine;
+
+/* Keys of the result tables drain builds, interned once per engine (in its
+ * uservalue) so each result costs no string hashing. */
+static const char *const result_keys[] = {
+    "ok", "status", "body", "attempts", "time", "url", "id",
+    "tag", "fast", "raw_headers", "seconds", "sent", "fail", "message", NULL
+};
+enum { K_OK = 1, K_STATUS, K_BODY, K_ATTEMPTS, K_TIME, K_URL, K_ID,
+       K_TAG, K_FAST, K_RAW_HEADERS, K_SECONDS, K_SENT, K_FAIL, K_MESSAGE, K_COUNT = K_MESSAGE };
+
+#define PB_FIRE_FAST 1 /* pb_req.user of transfers started by fire/feed */
 
 static lengine *check_engine(lua_State *L, int i)
 {
@@ -12,48 +38,80 @@ static lengine *check_engine(lua_State *L, int i)
     return le;
 }
 
-static long opt_long_field(lua_State *L, int t, const char *k, long def)
+/* ---- request options, from the X-macro table of core/engine.h */
+
+/* The number at the top of the stack, checked to be finite and in [lo, hi]. */
+static double opt_number(lua_State *L, const char *name, double lo, double hi)
 {
-    long v = def;
-    lua_getfield(L, t, k);
-    if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TNUMBER)
-            luaL_error(L, "engine option '%s' must be a number", k);
-        v = (long)lua_tonumber(L, -1);
-    }
-    lua_pop(L, 1);
+    double v;
+    if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "request option '%s' must be a number", name);
+    v = (double)lua_tonumber(L, -1);
+    if (!(v >= lo && v <= hi)) /* also false for NaN */
+        luaL_error(L, "request option '%s' must be between %f and %f", name, lo, hi);
     return v;
 }
 
-/* Seconds (number field) as milliseconds, rounding up so 0.0001 is not 0. */
-static long opt_ms_field(lua_State *L, int t, const char *k)
+static void read_STR(lua_State *L, int t, const char *name, const char **dst, double lo,
+                     double hi, int *bad)
 {
-    long ms = 0;
-    lua_getfield(L, t, k);
-    if (!lua_isnil(L, -1)) {
-        double s;
-        if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "request field '%s' must be a number", k);
-        s = (double)lua_tonumber(L, -1);
-        if (!(s >= 0) || s > 1e6) luaL_error(L, "request field '%s' out of range", k);
-        ms = (long)ceil(s * 1000.0);
-    }
-    lua_pop(L, 1);
-    return ms;
-}
-
-/* A string field (NULL when absent); strings with NUL bytes are refused. */
-static const char *opt_str_field(lua_State *L, int t, const char *k, int *bad)
-{
-    const char *s = NULL;
     size_t len;
-    lua_getfield(L, t, k);
+    (void)lo;
+    (void)hi;
+    lua_getfield(L, t, name);
     if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "request field '%s' must be a string", k);
-        s = lua_tolstring(L, -1, &len);
-        if (strlen(s) != len) *bad = 1;
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "request option '%s' must be a string", name);
+        *dst = lua_tolstring(L, -1, &len);
+        if (strlen(*dst) != len) *bad = 1;
     }
     lua_pop(L, 1); /* still referenced by the request table */
-    return s;
+}
+
+static void read_MS(lua_State *L, int t, const char *name, long *dst, double lo, double hi,
+                    int *bad)
+{
+    (void)bad;
+    lua_getfield(L, t, name);
+    if (!lua_isnil(L, -1)) *dst = (long)ceil(opt_number(L, name, lo, hi) * 1000.0);
+    lua_pop(L, 1);
+}
+
+static void read_SIZE(lua_State *L, int t, const char *name, size_t *dst, double lo, double hi,
+                      int *bad)
+{
+    (void)bad;
+    lua_getfield(L, t, name);
+    if (!lua_isnil(L, -1)) *dst = (size_t)opt_number(L, name, lo, hi);
+    lua_pop(L, 1);
+}
+
+static void read_LONG(lua_State *L, int t, const char *name, long *dst, double lo, double hi,
+                      int *bad)
+{
+    (void)bad;
+    lua_getfield(L, t, name);
+    if (!lua_isnil(L, -1)) *dst = (long)opt_number(L, name, lo, hi);
+    lua_pop(L, 1);
+}
+
+static void read_FLAG(lua_State *L, int t, const char *name, int *dst, double lo, double hi,
+                      int *bad)
+{
+    (void)lo;
+    (void)hi;
+    (void)bad;
+    lua_getfield(L, t, name);
+    *dst = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+}
+
+/* Reads the request options of the table at t into r; sets *bad when a
+ * string holds a NUL byte. Raises for a wrong type or range. */
+static void read_request_options(lua_State *L, int t, pb_req *r, int *bad)
+{
+#define X(kind, name, member, lo, hi) read_##kind(L, t, #name, &r->member, lo, hi, bad);
+    PB_REQUEST_OPTIONS(X)
+#undef X
 }
 
 /* Headers of the request table at t: an array of "Name: value" lines or a
@@ -102,29 +160,10 @@ static long collect_headers(lua_State *L, int t, const char **small, size_t nsma
     return (long)nh;
 }
 
-/* Reads the request fields of the table at t (not url, method, body,
- * headers) into r. Sets *bad when a string holds a NUL byte. */
-static void read_request_options(lua_State *L, int t, pb_req *r, int *bad)
-{
-    r->username = opt_str_field(L, t, "username", bad);
-    r->password = opt_str_field(L, t, "password", bad);
-    r->ca_file = opt_str_field(L, t, "ca_file", bad);
-    r->user_agent = opt_str_field(L, t, "user_agent", bad);
-    r->timeout_ms = opt_ms_field(L, t, "timeout");
-    r->connect_timeout_ms = opt_ms_field(L, t, "connect_timeout");
-    r->max_body = (size_t)opt_long_field(L, t, "max_body", 0);
-    r->follow = opt_long_field(L, t, "follow", 0);
-    lua_getfield(L, t, "insecure");
-    r->insecure = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    lua_getfield(L, t, "fresh_connect");
-    r->fresh_connect = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-}
-
-/* engine{max_host=, max_total=, and a profile for e:get: timeout=,
- *        connect_timeout=, max_body=, follow=, insecure=, ca_file=,
- *        user_agent=, headers=, username=, password=} -> engine */
+/* engine{max_running=, max_host=, max_total=, and the request options of
+ * e:get: timeout=, connect_timeout=, max_body=, max_url=, follow=,
+ * insecure=, ca_file=, user_agent=, proxy=, proxy_from_env=, headers=,
+ * username=, password=} -> engine */
 static int l_engine(lua_State *L)
 {
     pb_engine_opts o;
@@ -137,8 +176,13 @@ static int l_engine(lua_State *L)
     memset(&profile, 0, sizeof profile);
     if (t) {
         long nh;
-        o.max_host_connections = opt_long_field(L, t, "max_host", 0);
-        o.max_total_connections = opt_long_field(L, t, "max_total", 0);
+        lua_getfield(L, t, "max_host");
+        if (!lua_isnil(L, -1)) o.max_host_connections = (long)opt_number(L, "max_host", 0, 1e6);
+        lua_getfield(L, t, "max_total");
+        if (!lua_isnil(L, -1)) o.max_total_connections = (long)opt_number(L, "max_total", 0, 1e6);
+        lua_getfield(L, t, "max_running");
+        if (!lua_isnil(L, -1)) o.max_running = (size_t)opt_number(L, "max_running", 0, 1e6);
+        lua_pop(L, 3);
         read_request_options(L, t, &profile, &bad);
         nh = collect_headers(L, t, small, 16, &hdrs);
         if (bad || nh < 0) return luaL_argerror(L, 1, "engine options contain a NUL byte");
@@ -146,10 +190,20 @@ static int l_engine(lua_State *L)
         profile.nheaders = (size_t)nh;
         o.profile = &profile;
     }
-    le = (lengine *)pb_newuserdata(L, sizeof *le, 0);
+    le = (lengine *)pb_newuserdata(L, sizeof *le, 1);
     le->e = NULL;
-    le->next_tag = 0;
+    le->busy = 0;
+    pb_buf_init(&le->url, NULL);
     pb_setmetatable(L, PB_ENGINE_MT);
+    {
+        int k;
+        lua_createtable(L, K_COUNT, 0);
+        for (k = 0; result_keys[k]; k++) {
+            lua_pushstring(L, result_keys[k]);
+            lua_rawseti(L, -2, k + 1);
+        }
+        pb_setuservalue(L, -2);
+    }
     le->e = pb_engine_new(&o, why, sizeof why);
     if (!le->e) return luaL_error(L, "cannot create the engine: %s", why);
     return 1;
@@ -160,6 +214,7 @@ static int l_engine_close(lua_State *L)
     lengine *le = (lengine *)luaL_checkudata(L, 1, PB_ENGINE_MT);
     pb_engine_free(le->e);
     le->e = NULL;
+    pb_buf_free(&le->url);
     return 0;
 }
 
@@ -174,23 +229,35 @@ static int l_engine_tostring(lua_State *L)
     return 1;
 }
 
-/* After pb_engine_add/get: pushes the new transfer's tag, or nil and the
- * reason it was refused (nothing sent); raises on memory failure. */
-static int push_started(lua_State *L, lengine *le, int rc, const char *why)
+/* After pb_engine_add/get: pushes true, or nil and the reason the request
+ * was refused (nothing sent); raises on memory failure. */
+static int push_started(lua_State *L, int rc, const char *why)
 {
     if (rc == PB_ENOMEM) return pb_fail_nomem(L);
+    if (rc == PB_ECURL) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "libcurl refused the transfer");
+        return 2;
+    }
     if (rc != PB_OK) {
         lua_pushnil(L);
         lua_pushstring(L, why);
         return 2;
     }
-    lua_pushinteger(L, ++le->next_tag);
+    lua_pushboolean(L, 1);
     return 1;
 }
 
-/* e:add{method=, url=, headers=, body=, username=, password=, timeout=,
- *       connect_timeout=, max_body=, insecure=, ca_file=, follow=,
- *       user_agent=} -> tag | nil, reason   (nothing sent on nil) */
+static unsigned long long check_tag(lua_State *L, int i)
+{
+    lua_Number n = luaL_checknumber(L, i);
+    luaL_argcheck(L, n >= 0 && n <= 9007199254740991.0 && n == floor(n), i,
+                  "tag must be a non-negative integer");
+    return (unsigned long long)n;
+}
+
+/* e:add(req, tag) -> true | nil, why   (nothing sent on nil)
+ * req = {method=, url=, headers=, body=, <request options>} */
 static int l_engine_add(lua_State *L)
 {
     lengine *le = check_engine(L, 1);
@@ -201,11 +268,14 @@ static int l_engine_add(lua_State *L)
     long nh;
 
     pb_checktype(L, 2, LUA_TTABLE);
-    lua_settop(L, 2);
     memset(&r, 0, sizeof r);
-    r.method = opt_str_field(L, 2, "method", &bad);
-    r.url = opt_str_field(L, 2, "url", &bad);
-    if (!r.url) return luaL_argerror(L, 2, "request needs a url");
+    r.tag = check_tag(L, 3);
+    lua_settop(L, 2);
+    read_STR(L, 2, "method", &r.method, 0, 0, &bad);
+    lua_getfield(L, 2, "url");
+    if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "request needs a url");
+    r.url = lua_tolstring(L, -1, &r.url_len);
+    lua_pop(L, 1); /* referenced by the table */
     read_request_options(L, 2, &r, &bad);
     lua_getfield(L, 2, "body");
     if (!lua_isnil(L, -1)) {
@@ -216,31 +286,230 @@ static int l_engine_add(lua_State *L)
     nh = collect_headers(L, 2, small, 16, &hdrs);
     if (bad || nh < 0) {
         lua_pushnil(L);
-        lua_pushstring(L, "request refused: a NUL byte in the method, URL, credentials or headers");
+        lua_pushstring(L, "a NUL byte in the method, URL, credentials or headers");
         return 2;
     }
     r.headers = hdrs;
     r.nheaders = (size_t)nh;
-    r.tag = (unsigned long long)(le->next_tag + 1);
     rc = pb_engine_add(le->e, &r, why, sizeof why);
-    return push_started(L, le, rc, why);
+    return push_started(L, rc, why);
 }
 
-/* e:get(url) -> tag | nil, reason: a GET with the engine's profile */
+/* 1 when the authority of url holds user info (user:pw@): such URLs are not
+ * fired on the fast path, whose results show the URL as it was sent. */
+static int url_has_userinfo(const char *url, size_t len)
+{
+    const char *p, *end = url + len;
+    const char *scheme = strstr(url, "://");
+    if (!scheme || scheme >= end) return 0;
+    for (p = scheme + 3; p < end && *p != '/' && *p != '?' && *p != '#'; p++)
+        if (*p == '@') return 1;
+    return 0;
+}
+
+/* e:get(url, tag [, plain]) -> true | nil, why: a GET with the engine's
+ * options; with plain, a plain fire (its 2xx answer becomes a result table
+ * in drain). */
 static int l_engine_get(lua_State *L)
 {
     lengine *le = check_engine(L, 1);
     size_t len;
     const char *url = pb_checkstring(L, 2, &len);
+    unsigned long long tag = check_tag(L, 3);
+    int user = lua_toboolean(L, 4) && !url_has_userinfo(url, len) ? PB_FIRE_FAST : 0;
     char why[160];
-    int rc;
     if (strlen(url) != len) {
         lua_pushnil(L);
         lua_pushstring(L, "URL contains CR, LF or NUL");
         return 2;
     }
-    rc = pb_engine_get(le->e, url, (unsigned long long)(le->next_tag + 1), why, sizeof why);
-    return push_started(L, le, rc, why);
+    return push_started(L, pb_engine_get(le->e, url, len, tag, user, why, sizeof why), why);
+}
+
+/* The buffer to render a URL into: the engine's own, or a scratch one when
+ * a render is already using it (re-entered from a metamethod). */
+static pb_buf *acquire_url_buf(lua_State *L, lengine *le, pb_scratch **sc)
+{
+    if (!le->busy) {
+        le->busy = 1;
+        pb_buf_reset(&le->url);
+        *sc = NULL;
+        return &le->url;
+    }
+    *sc = scratch_acquire(L);
+    return &(*sc)->b;
+}
+
+static void release_url_buf(lengine *le, pb_scratch *sc)
+{
+    if (sc) {
+        scratch_release(sc);
+        return;
+    }
+    le->busy = 0;
+    if (le->url.cap > 65536) pb_buf_free(&le->url);
+}
+
+/* Renders target (at ti: a code string or a template) with the values at vi
+ * (0 = none) and starts it as a plain fire with `tag`. Returns 0 on success,
+ * else pushes nil, err and returns 2. Leaves the stack otherwise as it was. */
+static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long long tag,
+                    const pb_render_opts *ro)
+{
+    const char *url;
+    size_t len;
+    char why[160];
+    int rc, top = lua_gettop(L);
+    pb_scratch *sc = NULL;
+    pb_buf *out = NULL;
+
+    if (lua_type(L, ti) == LUA_TSTRING) {
+        const char *code = lua_tolstring(L, ti, &len);
+        if (!memchr(code, '{', len) && !memchr(code, '%', len)) {
+            url = code; /* nothing to render */
+        } else {
+            out = acquire_url_buf(L, le, &sc);
+            rc = render_code_into(L, code, len, vi, ro, out);
+            if (rc != PB_OK) {
+                release_url_buf(le, sc);
+                return rc;
+            }
+            url = pb_buf_str(out);
+            len = out->len;
+        }
+    } else {
+        ltemplate *lt = check_template(L, ti);
+        pb_render_err err;
+        const char *tname;
+        out = acquire_url_buf(L, le, &sc);
+        rc = render_into(L, lt, ti, vi, ro, out, &err, &tname);
+        if (rc != PB_OK) {
+            release_url_buf(le, sc);
+            return push_render_error(L, rc, lt->t->src + err.name_off, err.name_len, tname);
+        }
+        url = pb_buf_str(out);
+        len = out->len;
+    }
+    if (memchr(url, '\0', len)) {
+        rc = PB_EINVAL;
+        strcpy(why, "URL contains CR, LF or NUL");
+    } else {
+        rc = pb_engine_get(le->e, url, len, tag, url_has_userinfo(url, len) ? 0 : PB_FIRE_FAST,
+                           why, sizeof why);
+    }
+    if (out) release_url_buf(le, sc);
+    lua_settop(L, top);
+    if (rc == PB_OK) return 0;
+    if (rc == PB_ENOMEM) return pb_fail_nomem(L);
+    lua_pushnil(L);
+    lua_pushfstring(L, "postback refused before sending: %s",
+                    rc == PB_ECURL ? "libcurl refused the transfer" : why);
+    pb_pusherror(L, "validation", "invalid_url", "url", lua_tostring(L, -1));
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "retryable");
+    lua_replace(L, -2);
+    return 2;
+}
+
+/* e:fire(target, values, tag, ropts) -> true | nil, err */
+static int l_engine_fire(lua_State *L)
+{
+    lengine *le = check_engine(L, 1);
+    int vi = pb_opttable(L, 3) ? 3 : 0, oi;
+    unsigned long long tag = check_tag(L, 4);
+    pb_render_opts ro;
+    int rc;
+    if (lua_type(L, 2) != LUA_TSTRING && !pb_testudata(L, 2, PB_TEMPLATE_MT))
+        return luaL_argerror(L, 2, "URL or template expected");
+    oi = pb_opttable(L, 5) ? 5 : 0;
+    read_render_opts(L, oi, 5, &ro);
+    rc = fire_one(L, le, 2, vi, tag, &ro);
+    if (rc) return rc;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* The item at the top of the stack, if it is one fire can take: a URL or a
+ * template, or {url = URL or template, values = table or nil} with nothing
+ * else that matters (headers, code, type). Pushes target and values (or
+ * nil) and returns 1; else returns 0 with the stack unchanged. */
+static int plain_item(lua_State *L)
+{
+    int it = lua_gettop(L);
+    int t = lua_type(L, it);
+    if (t == LUA_TSTRING || pb_testudata(L, it, PB_TEMPLATE_MT)) {
+        lua_pushvalue(L, it);
+        lua_pushnil(L);
+        return 1;
+    }
+    if (t != LUA_TTABLE) return 0;
+    lua_getfield(L, it, "headers");
+    lua_getfield(L, it, "code");
+    lua_getfield(L, it, "type");
+    if (!lua_isnil(L, -1) || !lua_isnil(L, -2) || !lua_isnil(L, -3)) {
+        lua_settop(L, it);
+        return 0;
+    }
+    lua_settop(L, it);
+    lua_getfield(L, it, "url");
+    lua_getfield(L, it, "values");
+    if ((lua_type(L, -2) != LUA_TSTRING && !pb_testudata(L, -2, PB_TEMPLATE_MT)) ||
+        (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TTABLE)) {
+        lua_settop(L, it);
+        return 0;
+    }
+    return 1;
+}
+
+/* e:feed(items, i, n, ropts) -> next_i, what [, item | err]
+ * Fires up to n items, item i first (tag = its index), from an array or an
+ * iterator function. Stops early: at the end of the items ("end"), at an
+ * item that is not plain (returns it: "slow"), or at an item whose render
+ * or check failed ("error", with the err; the item is consumed). Returns
+ * "room" when n items were fired. */
+static int l_engine_feed(lua_State *L)
+{
+    lengine *le = check_engine(L, 1);
+    int is_fn = lua_type(L, 2) == LUA_TFUNCTION;
+    lua_Integer i = luaL_checkinteger(L, 3), n = luaL_checkinteger(L, 4), k;
+    pb_render_opts ro;
+    int base;
+    if (!is_fn) pb_checktype(L, 2, LUA_TTABLE);
+    read_render_opts(L, pb_opttable(L, 5) ? 5 : 0, 5, &ro);
+    lua_settop(L, 5);
+    base = lua_gettop(L);
+    for (k = 0; k < n; k++, i++) {
+        int rc;
+        if (is_fn) {
+            lua_pushvalue(L, 2);
+            lua_call(L, 0, 1);
+        } else {
+            lua_rawgeti(L, 2, (int)i);
+        }
+        if (lua_isnil(L, -1)) {
+            lua_pushinteger(L, i);
+            lua_pushliteral(L, "end");
+            return 2;
+        }
+        if (!plain_item(L)) {
+            lua_pushinteger(L, i);
+            lua_pushliteral(L, "slow");
+            lua_pushvalue(L, base + 1);
+            return 3;
+        }
+        rc = fire_one(L, le, base + 2, lua_isnil(L, base + 3) ? 0 : base + 3,
+                      (unsigned long long)i, &ro);
+        if (rc) {
+            lua_pushinteger(L, i);
+            lua_pushliteral(L, "error");
+            lua_pushvalue(L, -3); /* the err */
+            return 3;
+        }
+        lua_settop(L, base);
+    }
+    lua_pushinteger(L, i);
+    lua_pushliteral(L, "room");
+    return 2;
 }
 
 /* e:perform(timeout_s) -> number of finished transfers waiting */
@@ -251,40 +520,152 @@ static int l_engine_perform(lua_State *L)
     int n;
     luaL_argcheck(L, t >= 0, 2, "timeout must be >= 0");
     n = pb_engine_perform(le->e, t > 1e6 ? 1000000000L : (long)ceil(t * 1000.0));
-    if (n < 0) return luaL_error(L, "libcurl multi interface failed");
+    if (n < 0) return luaL_error(L, "libcurl's multi interface failed");
     lua_pushinteger(L, n);
     return 1;
 }
 
 static const char *const fail_names[] = {
-    NULL, "timeout", "connect", "transport", "tls", "too_large", "cancelled",
+    NULL, "timeout", "connect", "transport", "tls", "too_large",
 };
 
-/* e:next() -> tag, status, body, headers, fail, error, seconds, sent | nil
- * headers (the raw block) is "" for 2xx answers unless e:next(true). */
-static int l_engine_next(lua_State *L)
+/* Sets t[key] = the value on top (t at -2 after the push); keys are the
+ * cached strings at stack index kb + K_*. */
+#define SETK(L, kb, key) (lua_pushvalue(L, (kb) + (key)), lua_insert(L, -2), lua_rawset(L, -3))
+
+/* Pushes the result table of a plain fire that got a 2xx answer. */
+static void push_fast_result(lua_State *L, int kb, const pb_result *r, int with_id)
+{
+    lua_createtable(L, 0, with_id ? 7 : 6);
+    lua_pushboolean(L, 1);
+    SETK(L, kb, K_OK);
+    lua_pushinteger(L, (lua_Integer)r->status);
+    SETK(L, kb, K_STATUS);
+    lua_pushlstring(L, r->body, r->body_len);
+    SETK(L, kb, K_BODY);
+    lua_pushinteger(L, 1);
+    SETK(L, kb, K_ATTEMPTS);
+    lua_pushnumber(L, (lua_Number)r->seconds);
+    SETK(L, kb, K_TIME);
+    lua_pushlstring(L, r->url, r->url_len);
+    SETK(L, kb, K_URL);
+    if (with_id) {
+        lua_pushinteger(L, (lua_Integer)r->tag);
+        SETK(L, kb, K_ID);
+    }
+}
+
+/* Pushes the outcome of any other transfer, for the executor to judge. */
+static void push_outcome(lua_State *L, int kb, const pb_result *r)
+{
+    lua_createtable(L, 0, 10);
+    lua_pushinteger(L, (lua_Integer)r->tag);
+    SETK(L, kb, K_TAG);
+    lua_pushboolean(L, r->user == PB_FIRE_FAST);
+    SETK(L, kb, K_FAST);
+    lua_pushinteger(L, (lua_Integer)r->status);
+    SETK(L, kb, K_STATUS);
+    lua_pushlstring(L, r->body, r->body_len);
+    SETK(L, kb, K_BODY);
+    lua_pushlstring(L, r->headers, r->headers_len);
+    SETK(L, kb, K_RAW_HEADERS);
+    lua_pushlstring(L, r->url, r->url_len);
+    SETK(L, kb, K_URL);
+    lua_pushnumber(L, (lua_Number)r->seconds);
+    SETK(L, kb, K_SECONDS);
+    lua_pushboolean(L, r->sent);
+    SETK(L, kb, K_SENT);
+    if (r->fail) {
+        lua_pushstring(L, fail_names[r->fail]);
+        SETK(L, kb, K_FAIL);
+        lua_pushstring(L, r->error);
+        SETK(L, kb, K_MESSAGE);
+    }
+}
+
+/* e:drain(sink) -> count
+ * sink = {plain = bool, with_id = bool, results = table|nil,
+ *         on_result = function|nil, done = array|nil, slow = array,
+ *         errors = array|nil}
+ * Takes every finished transfer. A plain fire (fire/feed) with a 2xx answer,
+ * when sink.plain, becomes its result table here: stored at results[tag],
+ * its tag appended to done, and on_result(result, tag) called (protected: an
+ * error is appended to errors as {id = tag, error = message} and the drain
+ * goes on). Every other outcome is appended to slow as a table {tag, fast,
+ * status, body, raw_headers, url, seconds, sent, fail, message}. */
+static int l_engine_drain(lua_State *L)
 {
     lengine *le = check_engine(L, 1);
-    int all_headers = lua_toboolean(L, 2);
+    int plain, with_id, results, on_result, done, slow, errs, kb, k;
+    lua_Integer ndone = 0, nslow, nerr = 0, count = 0;
     pb_result r;
-    if (!pb_engine_next(le->e, &r)) return 0;
-    lua_pushinteger(L, (lua_Integer)r.tag);
-    lua_pushinteger(L, (lua_Integer)r.status);
-    lua_pushlstring(L, r.body, r.body_len);
-    if (all_headers || r.status < 200 || r.status > 299)
-        lua_pushlstring(L, r.headers, r.headers_len);
-    else
-        lua_pushliteral(L, "");
-    if (r.fail) {
-        lua_pushstring(L, fail_names[r.fail]);
-        lua_pushstring(L, r.error);
-    } else {
-        lua_pushnil(L);
-        lua_pushnil(L);
+
+    pb_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    luaL_checkstack(L, K_COUNT + 16, "drain");
+    pb_getuservalue(L, 1);
+    kb = lua_gettop(L);
+    for (k = 1; k <= K_COUNT; k++) lua_rawgeti(L, kb, k);
+    /* the keys sit at kb + K_* */
+    lua_getfield(L, 2, "plain");
+    plain = lua_toboolean(L, -1);
+    lua_getfield(L, 2, "with_id");
+    with_id = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    lua_getfield(L, 2, "results");
+    results = lua_istable(L, -1) ? lua_gettop(L) : 0;
+    lua_getfield(L, 2, "on_result");
+    on_result = lua_isfunction(L, -1) ? lua_gettop(L) : 0;
+    lua_getfield(L, 2, "done");
+    done = lua_istable(L, -1) ? lua_gettop(L) : 0;
+    lua_getfield(L, 2, "slow");
+    if (!lua_istable(L, -1)) return luaL_argerror(L, 2, "sink.slow must be a table");
+    slow = lua_gettop(L);
+    lua_getfield(L, 2, "errors");
+    errs = lua_istable(L, -1) ? lua_gettop(L) : 0;
+    nslow = (lua_Integer)pb_rawlen(L, slow);
+    if (done) ndone = (lua_Integer)pb_rawlen(L, done);
+    if (errs) nerr = (lua_Integer)pb_rawlen(L, errs);
+
+    while (le->e && pb_engine_next(le->e, &r)) {
+        count++;
+        if (plain && r.user == PB_FIRE_FAST && !r.fail && r.status >= 200 && r.status <= 299) {
+            unsigned long long tag = r.tag;
+            push_fast_result(L, kb, &r, with_id);
+            if (results) {
+                lua_pushvalue(L, -1);
+                lua_rawseti(L, results, (int)tag);
+            }
+            if (done) {
+                lua_pushinteger(L, (lua_Integer)tag);
+                lua_rawseti(L, done, (int)++ndone);
+            }
+            if (on_result) {
+                lua_pushvalue(L, on_result);
+                lua_insert(L, -2);
+                lua_pushinteger(L, (lua_Integer)tag);
+                if (lua_pcall(L, 2, 0, 0) != 0) {
+                    if (errs) {
+                        lua_createtable(L, 0, 2);
+                        lua_pushinteger(L, (lua_Integer)tag);
+                        lua_setfield(L, -2, "id");
+                        lua_insert(L, -2);
+                        lua_setfield(L, -2, "error");
+                        lua_rawseti(L, errs, (int)++nerr);
+                    } else {
+                        lua_pop(L, 1);
+                    }
+                }
+            } else {
+                lua_pop(L, 1);
+            }
+        } else {
+            push_outcome(L, kb, &r);
+            lua_rawseti(L, slow, (int)++nslow);
+        }
     }
-    lua_pushnumber(L, (lua_Number)r.seconds);
-    lua_pushboolean(L, r.sent);
-    return 8;
+    lua_pushinteger(L, count);
+    return 1;
 }
 
 static int l_engine_pending(lua_State *L)
@@ -297,8 +678,10 @@ static int l_engine_pending(lua_State *L)
 static const luaL_Reg engine_methods[] = {
     { "add", l_engine_add },
     { "get", l_engine_get },
+    { "fire", l_engine_fire },
+    { "feed", l_engine_feed },
     { "perform", l_engine_perform },
-    { "next", l_engine_next },
+    { "drain", l_engine_drain },
     { "pending", l_engine_pending },
     { "close", l_engine_close },
     { NULL, NULL },
@@ -318,10 +701,18 @@ static int l_curl_sentinel_gc(lua_State *L)
     return 0;
 }
 
-/* Registers the engine type and engine(); sets libcurl up once per state
- * (undone when the state closes: curl counts its users). */
+/* Registers the engine type, engine() and REQUEST_OPTIONS (the names of the
+ * request options); sets libcurl up once per state (undone when the state
+ * closes: curl counts its users). */
 static void open_engine(lua_State *L)
 {
+    static const char *const names[] = {
+#define X(kind, name, member, lo, hi) #name,
+        PB_REQUEST_OPTIONS(X)
+#undef X
+        NULL
+    };
+    int i;
     register_class(L, PB_ENGINE_MT, engine_meta, engine_methods);
     lua_getfield(L, LUA_REGISTRYINDEX, PB_CURL_SENTINEL);
     if (lua_isnil(L, -1)) {
@@ -336,4 +727,10 @@ static void open_engine(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_engine);
     lua_setfield(L, -2, "engine");
+    lua_newtable(L);
+    for (i = 0; names[i]; i++) {
+        lua_pushstring(L, names[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "REQUEST_OPTIONS");
 }

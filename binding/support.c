@@ -180,3 +180,64 @@ static void register_class(lua_State *L, const char *name, const luaL_Reg *meta,
     }
     lua_pop(L, 1);
 }
+
+/* Output buffers for renders: one per state, kept in the registry and
+ * reused; a render that starts while it is in use (from a metamethod of a
+ * values table) gets a fresh one on the stack, freed by the collector even
+ * when the render raises. */
+#define PB_SCRATCH_KEY "postback.scratch"
+#define PB_SCRATCH_MT "postback.scratch_buffer"
+
+typedef struct pb_scratch {
+    pb_buf b;
+    int busy;
+    int shared; /* the registry's */
+} pb_scratch;
+
+static int l_scratch_gc(lua_State *L)
+{
+    pb_scratch *sc = (pb_scratch *)lua_touserdata(L, 1);
+    if (sc) pb_buf_free(&sc->b);
+    return 0;
+}
+
+static pb_scratch *scratch_new(lua_State *L)
+{
+    pb_scratch *sc = (pb_scratch *)pb_newuserdata(L, sizeof *sc, 0);
+    pb_buf_init(&sc->b, NULL);
+    sc->busy = 0;
+    sc->shared = 0;
+    if (luaL_newmetatable(L, PB_SCRATCH_MT)) {
+        lua_pushcfunction(L, l_scratch_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return sc;
+}
+
+/* A reset buffer to render into. May push a userdata (a fresh buffer): call
+ * it before taking stack positions relative to the top. */
+static pb_scratch *scratch_acquire(lua_State *L)
+{
+    pb_scratch *sc;
+    lua_getfield(L, LUA_REGISTRYINDEX, PB_SCRATCH_KEY);
+    sc = (pb_scratch *)lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (!sc) {
+        sc = scratch_new(L);
+        sc->shared = 1;
+        lua_setfield(L, LUA_REGISTRYINDEX, PB_SCRATCH_KEY);
+    }
+    if (sc->busy) {
+        sc = scratch_new(L); /* stays on the stack until the caller returns */
+    }
+    sc->busy = 1;
+    pb_buf_reset(&sc->b);
+    return sc;
+}
+
+static void scratch_release(pb_scratch *sc)
+{
+    sc->busy = 0;
+    if (sc->b.cap > 65536) pb_buf_free(&sc->b); /* don't keep a huge buffer */
+}

@@ -2,8 +2,6 @@
 
 typedef struct ltemplate {
     pb_template *t;
-    pb_buf scratch; /* reused output buffer */
-    int busy;       /* scratch in use (a render re-entered from a metamethod) */
 } ltemplate;
 
 static ltemplate *check_template(lua_State *L, int i)
@@ -19,8 +17,6 @@ static ltemplate *push_template(lua_State *L, const char *code, size_t len)
     ltemplate *lt = (ltemplate *)pb_newuserdata(L, sizeof *lt, 1);
     size_t i;
     lt->t = NULL;
-    lt->busy = 0;
-    pb_buf_init(&lt->scratch, NULL);
     pb_setmetatable(L, PB_TEMPLATE_MT);
     lt->t = pb_template_parse(code, len, NULL);
     if (!lt->t) pb_fail_nomem(L);
@@ -49,7 +45,6 @@ static int l_template_gc(lua_State *L)
     ltemplate *lt = (ltemplate *)luaL_checkudata(L, 1, PB_TEMPLATE_MT);
     pb_template_free(lt->t);
     lt->t = NULL;
-    pb_buf_free(&lt->scratch);
     return 0;
 }
 
@@ -83,26 +78,55 @@ static int l_template_macros(lua_State *L)
 static const char *const missing_names[] = { "empty", "keep", "error", NULL };
 static const char *const encode_names[] = { "url", "none", NULL };
 
+/* Pushes nil and the error of a failed render (rc = PB_RERR_*) of the macro
+ * `name`; tname is the Lua type of a bad value. Returns 2. */
+static int push_render_error(lua_State *L, int rc, const char *name, size_t nlen,
+                             const char *tname)
+{
+    lua_pushnil(L);
+    lua_pushlstring(L, name, nlen);
+    if (rc == PB_RERR_MISSING)
+        lua_pushfstring(L, "no value for macro {%s} (missing = \"error\")", lua_tostring(L, -1));
+    else if (rc == PB_RERR_NONFINITE)
+        lua_pushfstring(L, "value for macro {%s} is not a finite number", lua_tostring(L, -1));
+    else
+        lua_pushfstring(L, "value for macro {%s} is a %s (expected a string, number or boolean)",
+                        lua_tostring(L, -1), tname ? tname : "value");
+    pb_pusherror(L, "validation", rc == PB_RERR_MISSING ? "missing" : "bad_value", NULL,
+                 lua_tostring(L, -1));
+    lua_pushvalue(L, -3);
+    lua_setfield(L, -2, "field");
+    lua_pushvalue(L, -3);
+    lua_setfield(L, -2, "macro");
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    return 2;
+}
+
+/* Reads render options {missing=, encode=} of the table at oi (0 = none). */
+static void read_render_opts(lua_State *L, int oi, int optarg, pb_render_opts *ro)
+{
+    ro->missing = pb_optenum(L, oi, optarg, "missing", "empty", missing_names);
+    ro->encode = pb_optenum(L, oi, optarg, "encode", "url", encode_names);
+}
+
 /* Renders template lt (userdata at index ti) with the values table at vi
- * (0 = none) and options table at oi (0 = none); pushes string or nil, err. */
-static int render(lua_State *L, ltemplate *lt, int ti, int vi, int oi, int optarg)
+ * (0 = none) into out. On a value problem returns it (PB_RERR_*) with err
+ * set and *tname the bad value's type; raises on memory failure. The stack
+ * is left as it was. */
+static int render_into(lua_State *L, ltemplate *lt, int ti, int vi, const pb_render_opts *ro,
+                       pb_buf *out, pb_render_err *err, const char **tname)
 {
     pb_template *t = lt->t;
     pb_value small[16], *vals = small;
-    pb_render_opts ro;
-    pb_render_err err;
-    pb_buf local, *out;
+    int top = lua_gettop(L), rc;
     size_t i;
-    int rc;
 
-    ro.missing = pb_optenum(L, oi, optarg, "missing", "empty", missing_names);
-    ro.encode = pb_optenum(L, oi, optarg, "encode", "url", encode_names);
-
+    if (t->nnames > 0x7fffffff) return luaL_error(L, "template has too many macros to render");
     if (t->nnames > sizeof small / sizeof small[0]) {
         if (t->nnames > (size_t)-1 / sizeof *vals) return pb_fail_nomem(L);
         vals = (pb_value *)pb_newuserdata(L, t->nnames * sizeof *vals, 0);
     }
-    if (t->nnames > 0x7fffffff) return luaL_error(L, "template has too many macros to render");
     if (vi && t->nnames) {
         /* Looked-up values must stay alive while their strings are used:
          * on the stack when few, else in a table (stacks are limited). */
@@ -123,52 +147,76 @@ static int render(lua_State *L, ltemplate *lt, int ti, int vi, int oi, int optar
     } else {
         memset(vals, 0, t->nnames * sizeof *vals);
     }
-
-    if (lt->busy) {
-        pb_buf_init(&local, NULL);
-        out = &local;
-    } else {
-        out = &lt->scratch;
-        pb_buf_reset(out);
-        lt->busy = 1;
-    }
-    rc = pb_template_render(t, vals, &ro, out, &err);
-    if (rc == PB_OK) {
-        lua_pushlstring(L, pb_buf_str(out), out->len);
-    }
-    if (out == &lt->scratch) {
-        lt->busy = 0;
-        if (out->cap > 65536) pb_buf_free(out); /* don't keep a huge buffer around */
-    } else {
-        pb_buf_free(out);
-    }
-    if (rc == PB_OK) return 1;
+    rc = pb_template_render(t, vals, ro, out, err);
+    *tname = rc == PB_RERR_BADTYPE ? vals[err->slot].s : NULL;
+    lua_settop(L, top);
     if (rc == PB_ENOMEM || rc == PB_ELIMIT) return pb_fail_nomem(L);
+    return rc;
+}
 
-    /* A value problem: nil, error naming the macro. */
-    {
-        const pb_name *nm = &t->names[err.slot];
-        const pb_value *v = &vals[err.slot];
-        lua_pushnil(L);
-        lua_pushlstring(L, t->src + nm->off, nm->len);
-        if (rc == PB_RERR_MISSING)
-            lua_pushfstring(L, "no value for macro {%s} (missing = \"error\")",
-                            lua_tostring(L, -1));
-        else if (rc == PB_RERR_NONFINITE)
-            lua_pushfstring(L, "value for macro {%s} is not a finite number", lua_tostring(L, -1));
-        else
-            lua_pushfstring(L, "value for macro {%s} is a %s (expected a string, number or boolean)",
-                            lua_tostring(L, -1), v->s ? v->s : "value");
-        pb_pusherror(L, "validation", rc == PB_RERR_MISSING ? "missing" : "bad_value", NULL,
-                     lua_tostring(L, -1));
-        lua_pushvalue(L, -3);
-        lua_setfield(L, -2, "field");
-        lua_pushvalue(L, -3);
-        lua_setfield(L, -2, "macro");
-        lua_replace(L, -3);
+/* Renders template lt (at ti) with values at vi (0 = none) and options at
+ * oi (0 = none); pushes string or nil, err. */
+static int render(lua_State *L, ltemplate *lt, int ti, int vi, int oi, int optarg)
+{
+    pb_render_opts ro;
+    pb_render_err err;
+    pb_scratch *sc;
+    const char *tname;
+    int rc;
+
+    read_render_opts(L, oi, optarg, &ro);
+    sc = scratch_acquire(L);
+    rc = render_into(L, lt, ti, vi, &ro, &sc->b, &err, &tname);
+    if (rc == PB_OK) lua_pushlstring(L, pb_buf_str(&sc->b), sc->b.len);
+    scratch_release(sc);
+    if (rc == PB_OK) return 1;
+    return push_render_error(L, rc, lt->t->src + err.name_off, err.name_len, tname);
+}
+
+/* Values of a one-pass render: looked up in the table at vi as the
+ * renderer meets each macro, the current one kept on the stack. */
+typedef struct stream_ctx {
+    lua_State *L;
+    int vi;     /* 0 = no values */
+    int pushed; /* a looked-up value is on top of the stack */
+} stream_ctx;
+
+static void stream_lookup(void *ud, const char *name, size_t len, pb_value *out)
+{
+    stream_ctx *c = (stream_ctx *)ud;
+    lua_State *L = c->L;
+    if (c->pushed) {
         lua_pop(L, 1);
-        return 2;
+        c->pushed = 0;
     }
+    if (!c->vi) return;
+    lua_pushlstring(L, name, len);
+    lua_gettable(L, c->vi);
+    c->pushed = 1;
+    pb_tovalue(L, -1, out);
+}
+
+/* Renders code (not parsed into a template) with the values at vi (0 =
+ * none) into out, in one pass. Returns PB_OK or pushes nil, err and returns
+ * 2; raises on memory failure. The stack is otherwise left as it was. */
+static int render_code_into(lua_State *L, const char *code, size_t len, int vi,
+                            const pb_render_opts *ro, pb_buf *out)
+{
+    stream_ctx c;
+    pb_render_err err;
+    const char *tname = NULL;
+    int rc;
+    c.L = L;
+    c.vi = vi;
+    c.pushed = 0;
+    rc = pb_render_stream(code, len, stream_lookup, &c, ro, out, &err);
+    if (c.pushed) {
+        if (rc == PB_RERR_BADTYPE) tname = luaL_typename(L, -1);
+        lua_pop(L, 1);
+    }
+    if (rc == PB_OK) return PB_OK;
+    if (rc == PB_ENOMEM || rc == PB_ELIMIT) return pb_fail_nomem(L);
+    return push_render_error(L, rc, code + err.name_off, err.name_len, tname);
 }
 
 /* t:render(values, opts) -> string | nil, err */
@@ -180,22 +228,29 @@ static int l_template_render(lua_State *L)
     return render(L, lt, 1, vi, oi, 3);
 }
 
-/* render(code, values, opts) -> string | nil, err (parses, renders, drops) */
+/* render(code, values, opts) -> string | nil, err (one pass, no template) */
 static int l_render(lua_State *L)
 {
-    int ti = 1, vi, oi;
-    if (!pb_testudata(L, 1, PB_TEMPLATE_MT)) pb_checktype(L, 1, LUA_TSTRING);
+    int vi, oi, rc;
+    size_t len;
+    const char *code;
+    pb_render_opts ro;
+    pb_scratch *sc;
+    if (pb_testudata(L, 1, PB_TEMPLATE_MT)) {
+        vi = pb_opttable(L, 2) ? 2 : 0;
+        oi = pb_opttable(L, 3) ? 3 : 0;
+        return render(L, check_template(L, 1), 1, vi, oi, 3);
+    }
+    code = pb_checkstring(L, 1, &len);
     vi = pb_opttable(L, 2) ? 2 : 0;
     oi = pb_opttable(L, 3) ? 3 : 0;
-    if (lua_type(L, 1) == LUA_TSTRING) {
-        size_t len;
-        const char *code = lua_tolstring(L, 1, &len);
-        push_template(L, code, len);
-        ti = lua_gettop(L);
-    }
-    return render(L, check_template(L, ti), ti, vi, oi, 3);
+    read_render_opts(L, oi, 3, &ro);
+    sc = scratch_acquire(L);
+    rc = render_code_into(L, code, len, vi, &ro, &sc->b);
+    if (rc == PB_OK) lua_pushlstring(L, pb_buf_str(&sc->b), sc->b.len);
+    scratch_release(sc);
+    return rc == PB_OK ? 1 : rc;
 }
-
 
 static const luaL_Reg template_methods[] = {
     { "render", l_template_render },

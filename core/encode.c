@@ -36,13 +36,24 @@ size_t pb_url_encode_into(char *dst, const char *s, size_t n)
 
 int pb_url_encode(pb_buf *out, const char *s, size_t n)
 {
-    size_t need = pb_url_encoded_len(s, n);
     int rc;
-    if (need == n) return pb_buf_append(out, s, n);
-    if ((rc = pb_buf_reserve(out, need)) != PB_OK) return rc;
-    out->len += pb_url_encode_into(out->data + out->len, s, n);
-    out->data[out->len] = '\0';
-    return PB_OK;
+    /* Short values (the common case): room for the worst, one pass. */
+    if (n <= 256) {
+        if ((rc = pb_buf_reserve(out, 3 * n)) == PB_OK) {
+            out->len += pb_url_encode_into(out->data + out->len, s, n);
+            out->data[out->len] = '\0';
+            return PB_OK;
+        }
+        if (rc != PB_ELIMIT) return rc;
+    }
+    {
+        size_t need = pb_url_encoded_len(s, n);
+        if (need == n) return pb_buf_append(out, s, n);
+        if ((rc = pb_buf_reserve(out, need)) != PB_OK) return rc;
+        out->len += pb_url_encode_into(out->data + out->len, s, n);
+        out->data[out->len] = '\0';
+        return PB_OK;
+    }
 }
 
 int pb_hexval(unsigned char c)

@@ -1,47 +1,53 @@
-/* engine.c - libcurl multi engine: reusable easy handles, a done queue. */
+/* engine.c - libcurl multi engine: reusable easy handles, a queue of
+ * prepared transfers, a done queue. */
 #include "engine.h"
 
 #include <curl/curl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "buf.h"
+#include "clock.h"
 #include "url.h"
 
 #define DEFAULT_MAX_BODY (16u * 1024u * 1024u)
-#define MAX_HEADER_BYTES (64u * 1024u)
+#define MAX_RESPONSE_HEADER_BYTES (64u * 1024u)
 #define KEEP_BUFFER_BYTES (64u * 1024u) /* larger buffers are freed on reuse */
 #define MAX_FREE_HANDLES 512
 
 typedef struct xfer {
     CURL *easy;
     struct curl_slist *hdrs;
-    pb_buf body, head;
+    pb_buf body, head, url;
     size_t max_body;
     int too_large, nomem;
+    int headers_done; /* the blank line that ends the final headers arrived */
     int fail, sent;
     long status;
     double seconds;
     char err[CURL_ERROR_SIZE];
     unsigned long long tag;
-    int has_profile; /* configured with the engine's profile, as pb_engine_get leaves it */
-    int lean_headers; /* no header callback: Retry-After is read once at the end */
+    int user;
+    int has_profile;  /* configured with the engine's profile, as pb_engine_get leaves it */
+    int lean_headers; /* headers not kept: Retry-After is read once at the end */
     struct xfer *prev, *next;
 } xfer;
 
 struct pb_engine {
     CURLM *multi;
     xfer *active;                 /* running, doubly linked */
+    xfer *queued_head, *queued_tail; /* prepared, waiting for a slot */
     xfer *done_head, *done_tail;  /* finished, not yet taken */
     xfer *free_list;              /* idle easy handles for reuse */
     xfer *last;                   /* handed out by pb_engine_next */
-    size_t nactive, ndone, nfree;
+    size_t nactive, nqueued, ndone, nfree;
+    size_t max_running;
     /* The profile of pb_engine_get: a private copy of the caller's pb_req. */
     int has_profile;
     pb_req profile;
     struct curl_slist *profile_hdrs;
-    char *profile_ca, *profile_ua, *profile_user, *profile_pass;
+    char *profile_ca, *profile_ua, *profile_user, *profile_pass, *profile_proxy;
 };
 
 int pb_engine_global_init(void)
@@ -52,11 +58,6 @@ int pb_engine_global_init(void)
 void pb_engine_global_cleanup(void)
 {
     curl_global_cleanup();
-}
-
-const char *pb_engine_curl_version(void)
-{
-    return curl_version();
 }
 
 static char *dup_or_null(const char *s, int *ok)
@@ -74,6 +75,60 @@ static char *dup_or_null(const char *s, int *ok)
     return d;
 }
 
+static void set_why(char *why, size_t n, const char *msg)
+{
+    if (why && n) {
+        strncpy(why, msg, n - 1);
+        why[n - 1] = '\0';
+    }
+}
+
+static int token_ok(const char *s)
+{
+    const char *p;
+    if (!*s) return 0;
+    for (p = s; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c <= 0x20 || c >= 0x7f || strchr("()<>@,;:\\\"/[]?={}", c)) return 0;
+    }
+    return 1;
+}
+
+/* A header line "Name: value" (value may be empty): a token name, no CR, LF
+ * or NUL, at most PB_MAX_HEADER_LINE bytes. */
+static int header_ok(const char *h)
+{
+    const char *colon = strchr(h, ':');
+    const char *p;
+    size_t len;
+    if (!colon || colon == h) return 0;
+    for (p = h; p < colon; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c <= 0x20 || c >= 0x7f || strchr("()<>@,;\\\"/[]?={}", c)) return 0;
+    }
+    len = strlen(h);
+    return len <= PB_MAX_HEADER_LINE && pb_find_crlf_nul(colon, strlen(colon)) < 0;
+}
+
+/* Checks a header list: each line, and the total size. */
+static const char *headers_problem(const char *const *headers, size_t n)
+{
+    size_t i, total = 0;
+    for (i = 0; i < n; i++) {
+        if (!header_ok(headers[i]))
+            return "invalid header (a \"Name: value\" line of at most 8192 bytes, without CR, LF "
+                   "or NUL)";
+        total += strlen(headers[i]) + 2;
+        if (total > PB_MAX_HEADERS_TOTAL) return "request headers larger than 65536 bytes";
+    }
+    return NULL;
+}
+
+static int has_crlf_nul(const char *s)
+{
+    return s && pb_find_crlf_nul(s, strlen(s)) >= 0;
+}
+
 /* Keeps a private copy of the profile (strings and headers included). */
 static int copy_profile(pb_engine *e, const pb_req *r)
 {
@@ -89,10 +144,12 @@ static int copy_profile(pb_engine *e, const pb_req *r)
     e->profile_ua = dup_or_null(r->user_agent, &ok);
     e->profile_user = dup_or_null(r->username, &ok);
     e->profile_pass = dup_or_null(r->password, &ok);
+    e->profile_proxy = dup_or_null(r->proxy, &ok);
     e->profile.ca_file = e->profile_ca;
     e->profile.user_agent = e->profile_ua;
     e->profile.username = e->profile_user;
     e->profile.password = e->profile_pass;
+    e->profile.proxy = e->profile_proxy;
     for (i = 0; i < r->nheaders && ok; i++) {
         struct curl_slist *sl = curl_slist_append(e->profile_hdrs, r->headers[i]);
         if (sl) e->profile_hdrs = sl; else ok = 0;
@@ -101,25 +158,20 @@ static int copy_profile(pb_engine *e, const pb_req *r)
     return ok ? PB_OK : PB_ENOMEM;
 }
 
-static int header_ok(const char *h);
-static void set_why(char *why, size_t n, const char *msg);
-
 pb_engine *pb_engine_new(const pb_engine_opts *o, char *why, size_t whylen)
 {
     pb_engine *e;
-    size_t i;
     set_why(why, whylen, "out of memory");
     if (o && o->profile) {
         const pb_req *p = o->profile;
-        for (i = 0; i < p->nheaders; i++)
-            if (!header_ok(p->headers[i])) {
-                set_why(why, whylen, "invalid header (a \"Name: value\" line without CR, LF or NUL)");
-                return NULL;
-            }
-        if ((p->username && strpbrk(p->username, "\r\n")) ||
-            (p->password && strpbrk(p->password, "\r\n")) ||
-            (p->user_agent && strpbrk(p->user_agent, "\r\n"))) {
-            set_why(why, whylen, "credentials or user agent contain CR or LF");
+        const char *bad = headers_problem(p->headers, p->nheaders);
+        if (bad) {
+            set_why(why, whylen, bad);
+            return NULL;
+        }
+        if (has_crlf_nul(p->username) || has_crlf_nul(p->password) ||
+            has_crlf_nul(p->user_agent) || has_crlf_nul(p->proxy)) {
+            set_why(why, whylen, "credentials, user agent or proxy contain CR or LF");
             return NULL;
         }
     }
@@ -135,6 +187,7 @@ pb_engine *pb_engine_new(const pb_engine_opts *o, char *why, size_t whylen)
     if (o && o->max_total_connections > 0)
         curl_multi_setopt(e->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, o->max_total_connections);
     curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    if (o) e->max_running = o->max_running;
     if (o && o->profile && copy_profile(e, o->profile) != PB_OK) {
         pb_engine_free(e);
         return NULL;
@@ -149,6 +202,7 @@ static void xfer_destroy(xfer *x)
     curl_slist_free_all(x->hdrs);
     pb_buf_free(&x->body);
     pb_buf_free(&x->head);
+    pb_buf_free(&x->url);
     free(x);
 }
 
@@ -168,7 +222,36 @@ static void list_push(xfer **head, xfer *x)
     *head = x;
 }
 
-/* Returns a finished transfer to the pool (or frees it when the pool is full). */
+/* Appends x to the singly linked FIFO (head, tail). */
+static void fifo_push(xfer **head, xfer **tail, xfer *x)
+{
+    x->next = NULL;
+    x->prev = *tail;
+    if (*tail) (*tail)->next = x;
+    else *head = x;
+    *tail = x;
+}
+
+static xfer *fifo_pop(xfer **head, xfer **tail)
+{
+    xfer *x = *head;
+    if (!x) return NULL;
+    *head = x->next;
+    if (!*head) *tail = NULL;
+    x->next = x->prev = NULL;
+    return x;
+}
+
+static void free_chain(xfer *x)
+{
+    xfer *n;
+    for (; x; x = n) {
+        n = x->next;
+        xfer_destroy(x);
+    }
+}
+
+/* Returns a transfer to the pool (or frees it when the pool is full). */
 static void recycle(pb_engine *e, xfer *x)
 {
     curl_slist_free_all(x->hdrs);
@@ -179,6 +262,7 @@ static void recycle(pb_engine *e, xfer *x)
     }
     if (x->body.cap > KEEP_BUFFER_BYTES) pb_buf_free(&x->body);
     if (x->head.cap > KEEP_BUFFER_BYTES) pb_buf_free(&x->head);
+    if (x->url.cap > KEEP_BUFFER_BYTES) pb_buf_free(&x->url);
     pb_buf_reset(&x->body);
     pb_buf_reset(&x->head);
     list_push(&e->free_list, x);
@@ -194,14 +278,9 @@ void pb_engine_free(pb_engine *e)
         curl_multi_remove_handle(e->multi, x->easy);
         xfer_destroy(x);
     }
-    for (x = e->done_head; x; x = n) {
-        n = x->next;
-        xfer_destroy(x);
-    }
-    for (x = e->free_list; x; x = n) {
-        n = x->next;
-        xfer_destroy(x);
-    }
+    free_chain(e->queued_head);
+    free_chain(e->done_head);
+    free_chain(e->free_list);
     xfer_destroy(e->last);
     curl_multi_cleanup(e->multi);
     curl_slist_free_all(e->profile_hdrs);
@@ -209,6 +288,7 @@ void pb_engine_free(pb_engine *e)
     free(e->profile_ua);
     free(e->profile_user);
     free(e->profile_pass);
+    free(e->profile_proxy);
     free(e);
 }
 
@@ -227,13 +307,23 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
     return len;
 }
 
+/* Notes where a header block starts and ends: libcurl 7.88 reports a
+ * connection closed in the middle of the headers as a success. */
+static void header_edges(xfer *x, const char *p, size_t len)
+{
+    if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) x->headers_done = 0;
+    else if ((len == 2 && p[0] == '\r' && p[1] == '\n') || (len == 1 && p[0] == '\n'))
+        x->headers_done = 1;
+}
+
 static size_t on_header(char *p, size_t size, size_t n, void *ud)
 {
     xfer *x = ud;
     size_t len = size * n;
+    header_edges(x, p, len);
     /* Keep only the last response's headers (after 1xx and redirects). */
     if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) pb_buf_reset(&x->head);
-    if (x->head.len + len > MAX_HEADER_BYTES) return len; /* drop the excess */
+    if (x->head.len + len > MAX_RESPONSE_HEADER_BYTES) return len; /* drop the excess */
     if (pb_buf_append(&x->head, p, len) != PB_OK) {
         x->nomem = 1;
         return 0;
@@ -241,36 +331,10 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     return len;
 }
 
-static int token_ok(const char *s)
+static size_t on_header_lean(char *p, size_t size, size_t n, void *ud)
 {
-    const char *p;
-    if (!*s) return 0;
-    for (p = s; *p; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c <= 0x20 || c >= 0x7f || strchr("()<>@,;:\\\"/[]?={}", c)) return 0;
-    }
-    return 1;
-}
-
-/* A header line "Name: value" (value may be empty): a token name, no CR/LF. */
-static int header_ok(const char *h)
-{
-    const char *colon = strchr(h, ':');
-    const char *p;
-    if (!colon || colon == h) return 0;
-    for (p = h; p < colon; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c <= 0x20 || c >= 0x7f || strchr("()<>@,;\\\"/[]?={}", c)) return 0;
-    }
-    return pb_find_crlf_nul(colon, strlen(colon)) < 0;
-}
-
-static void set_why(char *why, size_t n, const char *msg)
-{
-    if (why && n) {
-        strncpy(why, msg, n - 1);
-        why[n - 1] = '\0';
-    }
+    header_edges(ud, p, size * n);
+    return size * n;
 }
 
 static xfer *take_xfer(pb_engine *e)
@@ -284,57 +348,74 @@ static xfer *take_xfer(pb_engine *e)
         if (!x) return NULL;
         pb_buf_init(&x->body, NULL);
         pb_buf_init(&x->head, NULL);
+        pb_buf_init(&x->url, NULL);
         x->easy = curl_easy_init();
         if (!x->easy) {
             free(x);
             return NULL;
         }
     }
-    x->too_large = x->nomem = x->fail = x->sent = 0;
+    x->too_large = x->nomem = x->fail = x->sent = x->headers_done = 0;
     x->status = 0;
     x->seconds = 0;
     x->err[0] = '\0';
     return x;
 }
 
-/* Refuses what must never be sent: CR, LF or NUL, other schemes, bad headers. */
-static int check_request(const pb_req *r, const char *method, char *why, size_t whylen)
+/* Refuses a URL that must never be requested: over max_url, other schemes,
+ * CR, LF, NUL or other control bytes. */
+static int check_url(const char *url, size_t url_len, size_t max_url, char *why, size_t whylen)
 {
     const char *bad;
-    size_t i;
+    if (!max_url) max_url = PB_MAX_URL_DEFAULT;
+    if (!url) {
+        set_why(why, whylen, "no URL");
+        return PB_EINVAL;
+    }
+    if (url_len > max_url) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "URL longer than max_url (%lu bytes)", (unsigned long)max_url);
+        set_why(why, whylen, msg);
+        return PB_EINVAL;
+    }
+    /* (control bytes, CR, LF and NUL among them, are refused here) */
+    bad = pb_check_request_url(url, url_len);
+    if (bad) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "URL %s", bad);
+        set_why(why, whylen, msg);
+        return PB_EINVAL;
+    }
+    return PB_OK;
+}
+
+/* Refuses what must never be sent: the URL checks, an invalid method, bad
+ * or oversized headers, CR, LF or NUL in credentials. */
+static int check_request(const pb_req *r, const char *method, size_t url_len, char *why,
+                         size_t whylen)
+{
+    const char *bad;
+    int rc;
     if (!token_ok(method)) {
         set_why(why, whylen, "invalid method");
         return PB_EINVAL;
     }
-    if (!r->url || pb_find_crlf_nul(r->url, strlen(r->url)) >= 0) {
-        set_why(why, whylen, "URL contains CR, LF or NUL");
-        return PB_EINVAL;
-    }
-    bad = pb_check_request_url(r->url, strlen(r->url));
+    if ((rc = check_url(r->url, url_len, r->max_url, why, whylen)) != PB_OK) return rc;
+    bad = headers_problem(r->headers, r->nheaders);
     if (bad) {
-        char msg[96];
-        strcpy(msg, "URL ");
-        strncat(msg, bad, sizeof msg - 5);
-        set_why(why, whylen, msg);
+        set_why(why, whylen, bad);
         return PB_EINVAL;
     }
-    for (i = 0; i < r->nheaders; i++) {
-        if (!header_ok(r->headers[i])) {
-            set_why(why, whylen, "invalid header (a \"Name: value\" line without CR, LF or NUL)");
-            return PB_EINVAL;
-        }
-    }
-    if ((r->username && pb_find_crlf_nul(r->username, strlen(r->username)) >= 0) ||
-        (r->password && pb_find_crlf_nul(r->password, strlen(r->password)) >= 0) ||
-        (r->user_agent && pb_find_crlf_nul(r->user_agent, strlen(r->user_agent)) >= 0)) {
-        set_why(why, whylen, "credentials or user agent contain CR, LF or NUL");
+    if (has_crlf_nul(r->username) || has_crlf_nul(r->password) || has_crlf_nul(r->user_agent) ||
+        has_crlf_nul(r->proxy)) {
+        set_why(why, whylen, "credentials, user agent or proxy contain CR, LF or NUL");
         return PB_EINVAL;
     }
     return PB_OK;
 }
 
 /* libcurl 7.83+ can look a header up after the transfer: firing GETs then
- * skip the per-line header callback. */
+ * keep no response headers at all. */
 #if LIBCURL_VERSION_NUM >= 0x075300
 #define PB_HAVE_EASY_HEADER 1
 #else
@@ -344,7 +425,8 @@ static int check_request(const pb_req *r, const char *method, char *why, size_t 
 /* Resets x's handle and applies everything of r but the URL, the method and
  * the body; hdrs is the header list to use (owned elsewhere). With lean,
  * response headers are not collected (see finish). */
-static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int lean)
+static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int lean,
+                         int https)
 {
     CURL *c = x->easy;
     int ok = 1;
@@ -357,10 +439,8 @@ static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int 
     SET(CURLOPT_ERRORBUFFER, x->err);
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, (void *)x);
-    if (!x->lean_headers) {
-        SET(CURLOPT_HEADERFUNCTION, on_header);
-        SET(CURLOPT_HEADERDATA, (void *)x);
-    }
+    SET(CURLOPT_HEADERFUNCTION, x->lean_headers ? on_header_lean : on_header);
+    SET(CURLOPT_HEADERDATA, (void *)x);
 #if LIBCURL_VERSION_NUM >= 0x075500
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -368,6 +448,8 @@ static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int 
     SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
     SET(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
+    /* What was rendered is what is sent: no dot-segment removal. */
+    SET(CURLOPT_PATH_AS_IS, 1L);
     SET(CURLOPT_FOLLOWLOCATION, r->follow > 0 ? 1L : 0L);
     if (r->follow > 0) SET(CURLOPT_MAXREDIRS, r->follow);
     if (r->timeout_ms > 0) SET(CURLOPT_TIMEOUT_MS, r->timeout_ms);
@@ -381,37 +463,57 @@ static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int 
         SET(CURLOPT_PASSWORD, r->password ? r->password : "");
     }
     if (r->user_agent) SET(CURLOPT_USERAGENT, r->user_agent);
-    SET(CURLOPT_PIPEWAIT, 1L);
+    /* A proxy only when given: the *_proxy environment is ignored unless
+     * asked for (a proxy then does the resolving). */
+    if (r->proxy) SET(CURLOPT_PROXY, r->proxy);
+    else if (!r->proxy_from_env) SET(CURLOPT_PROXY, "");
+    /* Waiting for a connection to multiplex on only makes sense where HTTP/2
+     * is possible (https, by ALPN); on plain http it only delays. */
+    SET(CURLOPT_PIPEWAIT, https ? 1L : 0L);
     if (r->fresh_connect) SET(CURLOPT_FRESH_CONNECT, 1L);
     if (hdrs) SET(CURLOPT_HTTPHEADER, hdrs);
 #undef SET
     return ok;
 }
 
-static int start(pb_engine *e, xfer *x)
+/* Hands x to libcurl, or queues it while max_running transfers run. */
+static int launch(pb_engine *e, xfer *x)
 {
+    if (e->max_running && e->nactive >= e->max_running) {
+        fifo_push(&e->queued_head, &e->queued_tail, x);
+        e->nqueued++;
+        return PB_OK;
+    }
     if (curl_multi_add_handle(e->multi, x->easy) != CURLM_OK) {
         recycle(e, x);
-        return PB_ENOMEM;
+        return PB_ECURL;
     }
     list_push(&e->active, x);
     e->nactive++;
     return PB_OK;
 }
 
+static int keep_url(xfer *x, const char *url, size_t len)
+{
+    pb_buf_reset(&x->url);
+    return pb_buf_append(&x->url, url, len);
+}
+
 int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
 {
     const char *method = r->method ? r->method : "GET";
+    size_t url_len = r->url ? (r->url_len ? r->url_len : strlen(r->url)) : 0;
     CURL *c;
     xfer *x;
     size_t i;
     int ok = 1, rc;
 
-    if ((rc = check_request(r, method, why, whylen)) != PB_OK) return rc;
+    if ((rc = check_request(r, method, url_len, why, whylen)) != PB_OK) return rc;
     x = take_xfer(e);
     if (!x) return PB_ENOMEM;
     c = x->easy;
     x->tag = r->tag;
+    x->user = r->user;
     x->max_body = r->max_body ? r->max_body : DEFAULT_MAX_BODY;
 
     for (i = 0; i < r->nheaders && ok; i++) {
@@ -423,9 +525,10 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
         struct curl_slist *sl = curl_slist_append(x->hdrs, "Expect:");
         if (sl) x->hdrs = sl; else ok = 0;
     }
-    ok = ok && apply_options(x, r, x->hdrs, 0);
+    ok = ok && keep_url(x, r->url, url_len) == PB_OK;
+    ok = ok && apply_options(x, r, x->hdrs, 0, pb_url_is_https(r->url, url_len));
 #define SET(opt, val) ok = ok && curl_easy_setopt(c, opt, val) == CURLE_OK
-    SET(CURLOPT_URL, r->url);
+    SET(CURLOPT_URL, pb_buf_str(&x->url));
     if (strcmp(method, "GET") == 0) {
         SET(CURLOPT_HTTPGET, 1L);
     } else if (strcmp(method, "HEAD") == 0) {
@@ -442,41 +545,38 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
         recycle(e, x);
         return PB_ENOMEM;
     }
-    return start(e, x);
+    return launch(e, x);
 }
 
-int pb_engine_get(pb_engine *e, const char *url, unsigned long long tag, char *why,
-                  size_t whylen)
+int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user,
+                  char *why, size_t whylen)
 {
-    pb_req r;
     xfer *x;
-    int rc;
-    if (!e->has_profile) {
-        memset(&r, 0, sizeof r);
-    } else {
-        r = e->profile;
-    }
-    r.url = url;
-    r.tag = tag;
-    r.nheaders = 0; /* the profile's headers were checked when copied */
-    if ((rc = check_request(&r, "GET", why, whylen)) != PB_OK) return rc;
+    int rc, https;
+    /* The profile (headers, credentials) was checked when it was copied. */
+    if ((rc = check_url(url, len, e->profile.max_url, why, whylen)) != PB_OK) return rc;
     x = take_xfer(e);
     if (!x) return PB_ENOMEM;
     x->tag = tag;
-    x->max_body = r.max_body ? r.max_body : DEFAULT_MAX_BODY;
-    if (!x->has_profile) {
-        if (!apply_options(x, &r, e->profile_hdrs, 1) ||
+    x->user = user;
+    x->max_body = e->profile.max_body ? e->profile.max_body : DEFAULT_MAX_BODY;
+    https = pb_url_is_https(url, len);
+    /* The handle keeps the profile between uses; PIPEWAIT depends on the
+     * scheme, so a handle last used for the other scheme is set up again. */
+    if (!x->has_profile || (x->has_profile - 1) != https) {
+        if (!apply_options(x, &e->profile, e->profile_hdrs, 1, https) ||
             curl_easy_setopt(x->easy, CURLOPT_HTTPGET, 1L) != CURLE_OK) {
             recycle(e, x);
             return PB_ENOMEM;
         }
-        x->has_profile = 1;
+        x->has_profile = 1 + https;
     }
-    if (curl_easy_setopt(x->easy, CURLOPT_URL, url) != CURLE_OK) {
+    if (keep_url(x, url, len) != PB_OK ||
+        curl_easy_setopt(x->easy, CURLOPT_URL, pb_buf_str(&x->url)) != CURLE_OK) {
         recycle(e, x);
         return PB_ENOMEM;
     }
-    return start(e, x);
+    return launch(e, x);
 }
 
 static int classify(xfer *x, CURLcode rc)
@@ -499,6 +599,12 @@ static int classify(xfer *x, CURLcode rc)
     case CURLE_SSL_INVALIDCERTSTATUS: return PB_FAIL_TLS;
     default: return PB_FAIL_TRANSPORT;
     }
+}
+
+static void set_err(xfer *x, const char *msg)
+{
+    strncpy(x->err, msg, sizeof x->err - 1);
+    x->err[sizeof x->err - 1] = '\0';
 }
 
 static void finish(pb_engine *e, xfer *x, CURLcode rc)
@@ -524,23 +630,22 @@ static void finish(pb_engine *e, xfer *x, CURLcode rc)
     x->status = status;
     x->seconds = secs;
     x->fail = classify(x, rc);
-    if (x->nomem && x->fail == PB_FAIL_TRANSPORT) {
-        strcpy(x->err, "out of memory while receiving the answer");
+    if (x->fail == PB_FAIL_NONE && !x->headers_done) {
+        /* libcurl takes a connection closed inside the headers for an answer. */
+        x->fail = PB_FAIL_TRANSPORT;
+        set_err(x, "the connection closed before the end of the answer's headers");
+    } else if (x->nomem && x->fail == PB_FAIL_TRANSPORT) {
+        set_err(x, "out of memory while receiving the answer");
     } else if (x->fail == PB_FAIL_TOO_LARGE) {
-        strcpy(x->err, "answer larger than the response size cap");
+        set_err(x, "answer larger than the response size cap");
     } else if (x->fail != PB_FAIL_NONE && !x->err[0]) {
-        strncpy(x->err, curl_easy_strerror(rc), sizeof x->err - 1);
-        x->err[sizeof x->err - 1] = '\0';
+        set_err(x, curl_easy_strerror(rc));
     }
     /* Nothing left this machine when the connection never came up. */
     x->sent = !(x->fail == PB_FAIL_CONNECT || (reqsize == 0 && status == 0));
     list_remove(&e->active, x);
     e->nactive--;
-    x->next = NULL;
-    x->prev = e->done_tail;
-    if (e->done_tail) e->done_tail->next = x;
-    else e->done_head = x;
-    e->done_tail = x;
+    fifo_push(&e->done_head, &e->done_tail, x);
     e->ndone++;
 }
 
@@ -557,29 +662,71 @@ static void drain(pb_engine *e)
     }
 }
 
-static long now_ms(void)
+/* Starts queued transfers while there is room. A transfer libcurl refuses
+ * finishes at once as a failure (so the caller always gets a result). */
+static void start_queued(pb_engine *e)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    while (e->queued_head && (!e->max_running || e->nactive < e->max_running)) {
+        xfer *x = fifo_pop(&e->queued_head, &e->queued_tail);
+        e->nqueued--;
+        if (curl_multi_add_handle(e->multi, x->easy) != CURLM_OK) {
+            x->fail = PB_FAIL_TRANSPORT;
+            x->sent = 0;
+            set_err(x, "libcurl refused the transfer");
+            fifo_push(&e->done_head, &e->done_tail, x);
+            e->ndone++;
+            continue;
+        }
+        list_push(&e->active, x);
+        e->nactive++;
+    }
+}
+
+static int perform_once(pb_engine *e)
+{
+    int running;
+    if (curl_multi_perform(e->multi, &running) != CURLM_OK) return PB_ECURL;
+    drain(e);
+    if (e->queued_head && (!e->max_running || e->nactive < e->max_running)) {
+        start_queued(e);
+        if (curl_multi_perform(e->multi, &running) != CURLM_OK) return PB_ECURL;
+        drain(e);
+    }
+    return PB_OK;
+}
+
+/* Transfers in flight above which a non-waiting perform first asks
+ * whether anything is ready: curl_multi_perform visits every transfer
+ * (a read attempt each), so with many idle ones (a slow receiver) one poll
+ * of all sockets is cheaper than visiting them all. */
+#define PB_IDLE_CHECK_ABOVE 128
+
+/* 1 when nothing can have happened since the last perform: no timer due
+ * and no socket ready. */
+static int nothing_ready(pb_engine *e)
+{
+    long t = -1;
+    int numfds = 0;
+    if (e->nactive <= PB_IDLE_CHECK_ABOVE) return 0;
+    if (curl_multi_timeout(e->multi, &t) != CURLM_OK || t == 0) return 0;
+    if (curl_multi_wait(e->multi, NULL, 0, 0, &numfds) != CURLM_OK) return 0;
+    return numfds == 0;
 }
 
 int pb_engine_perform(pb_engine *e, long timeout_ms)
 {
-    int running;
-    long deadline;
-    if (curl_multi_perform(e->multi, &running) != CURLM_OK) return PB_ENOMEM;
-    drain(e);
+    double deadline;
+    if (timeout_ms <= 0 && e->ndone == 0 && nothing_ready(e)) return 0;
+    if (perform_once(e) != PB_OK) return PB_ECURL;
     if (e->ndone || timeout_ms <= 0 || !e->nactive) return (int)e->ndone;
-    deadline = now_ms() + timeout_ms;
+    deadline = pb_monotonic() + (double)timeout_ms / 1000.0;
     for (;;) {
-        long left = deadline - now_ms();
+        double left = deadline - pb_monotonic();
+        int ms;
         if (left <= 0) break;
-        if (curl_multi_poll(e->multi, NULL, 0, left > 1000000 ? 1000000 : (int)left, NULL) !=
-            CURLM_OK)
-            return PB_ENOMEM;
-        if (curl_multi_perform(e->multi, &running) != CURLM_OK) return PB_ENOMEM;
-        drain(e);
+        ms = left > 1000.0 ? 1000000 : (int)(left * 1000.0) + 1;
+        if (curl_multi_poll(e->multi, NULL, 0, ms, NULL) != CURLM_OK) return PB_ECURL;
+        if (perform_once(e) != PB_OK) return PB_ECURL;
         if (e->ndone || !e->nactive) break;
     }
     return (int)e->ndone;
@@ -592,19 +739,19 @@ int pb_engine_next(pb_engine *e, pb_result *out)
         recycle(e, e->last);
         e->last = NULL;
     }
-    x = e->done_head;
+    x = fifo_pop(&e->done_head, &e->done_tail);
     if (!x) return 0;
-    e->done_head = x->next;
-    if (!e->done_head) e->done_tail = NULL;
-    x->next = x->prev = NULL;
     e->ndone--;
     e->last = x;
     out->tag = x->tag;
+    out->user = x->user;
     out->status = x->status;
     out->body = pb_buf_str(&x->body);
     out->body_len = x->body.len;
     out->headers = pb_buf_str(&x->head);
     out->headers_len = x->head.len;
+    out->url = pb_buf_str(&x->url);
+    out->url_len = x->url.len;
     out->fail = x->fail;
     out->sent = x->sent;
     out->error = x->err;
@@ -614,23 +761,5 @@ int pb_engine_next(pb_engine *e, pb_result *out)
 
 size_t pb_engine_pending(const pb_engine *e)
 {
-    return e->nactive + e->ndone;
-}
-
-size_t pb_engine_running(const pb_engine *e)
-{
-    return e->nactive;
-}
-
-int pb_engine_cancel(pb_engine *e, unsigned long long tag)
-{
-    xfer *x;
-    for (x = e->active; x; x = x->next) {
-        if (x->tag != tag) continue;
-        finish(e, x, CURLE_ABORTED_BY_CALLBACK);
-        x->fail = PB_FAIL_CANCELLED;
-        strcpy(x->err, "cancelled");
-        return 1;
-    }
-    return 0;
+    return e->nqueued + e->nactive + e->ndone;
 }

@@ -1,12 +1,16 @@
 /* engine.h - the HTTP engine: libcurl's multi interface behind a small API.
  *
  * One engine = one curl multi handle (its connection cache gives keep-alive
- * reuse and HTTP/2 multiplexing) plus a pool of reusable easy handles. The
- * caller adds requests, drives them with pb_engine_perform (never blocking
- * longer than asked), and takes finished ones with pb_engine_next. Requests
- * are checked before anything is sent: only http/https, a host, and no CR,
- * LF or NUL in the method, URL or headers. No Lua here, and no global state
- * besides libcurl's own (pb_engine_global_init, reference counted by curl). */
+ * reuse and HTTP/2 multiplexing), a pool of reusable easy handles and a
+ * queue of prepared transfers. The caller adds requests (they start at once
+ * while fewer than max_running run, and wait in the engine's queue
+ * otherwise, so a finished transfer is replaced without a round trip to the
+ * caller), drives them with pb_engine_perform (never blocking longer than
+ * asked), and takes finished ones with pb_engine_next. Requests are checked
+ * before anything is sent: only http/https, a host, bounded sizes, and no
+ * CR, LF or NUL in the method, URL, headers or credentials. No Lua here, and
+ * no global state besides libcurl's own (pb_engine_global_init, reference
+ * counted by curl). */
 #ifndef PB_ENGINE_H
 #define PB_ENGINE_H
 
@@ -16,9 +20,15 @@ typedef struct pb_engine pb_engine;
 
 struct pb_req;
 
+/* Size bounds of what may be sent. */
+#define PB_MAX_URL_DEFAULT 16384u   /* a rendered URL (pb_req.max_url overrides) */
+#define PB_MAX_HEADER_LINE 8192u    /* one "Name: value" line */
+#define PB_MAX_HEADERS_TOTAL 65536u /* all request header lines together */
+
 typedef struct pb_engine_opts {
     long max_host_connections;  /* 0 = no limit */
     long max_total_connections; /* 0 = no limit */
+    size_t max_running;         /* transfers running at once; 0 = no limit */
     /* Options for pb_engine_get (all but url, method and body are used;
      * copied). NULL = plain GETs with libcurl's defaults. */
     const struct pb_req *profile;
@@ -27,6 +37,7 @@ typedef struct pb_engine_opts {
 typedef struct pb_req {
     const char *method;          /* "GET", "POST", ... (NULL = GET) */
     const char *url;
+    size_t url_len;              /* 0 = strlen(url) */
     const char *const *headers;  /* "Name: value" lines, NUL-terminated */
     size_t nheaders;
     const char *body;            /* NULL = no body */
@@ -36,6 +47,7 @@ typedef struct pb_req {
     long timeout_ms;             /* whole transfer; 0 = none */
     long connect_timeout_ms;     /* 0 = libcurl's default */
     size_t max_body;             /* response body cap; 0 = 16 MiB */
+    size_t max_url;              /* request URL cap; 0 = PB_MAX_URL_DEFAULT */
     int insecure;                /* 1 = skip TLS verification */
     const char *ca_file;         /* NULL = system store */
     long follow;                 /* redirects to follow (0 = none) */
@@ -43,8 +55,31 @@ typedef struct pb_req {
                                   * request by itself (it does on a reused connection
                                   * that closes early, even for a POST) */
     const char *user_agent;      /* NULL = none */
+    const char *proxy;           /* NULL = no proxy (the *_proxy environment is ignored) */
+    int proxy_from_env;          /* 1 = libcurl's default: the *_proxy environment */
     unsigned long long tag;      /* the caller's id, given back in the result */
+    int user;                    /* the caller's flags, given back in the result */
 } pb_req;
+
+/* The request options that come from callers by name, listed once: the
+ * binding reads them from Lua tables with these names and bounds (checked,
+ * so no value reaches an out-of-range conversion), and the docs check lists
+ * them. X(kind, name, member, min, max) with kind STR (a string), MS
+ * (seconds, stored as milliseconds), SIZE (bytes), LONG or FLAG (boolean). */
+#define PB_REQUEST_OPTIONS(X)                                   \
+    X(STR, username, username, 0, 0)                            \
+    X(STR, password, password, 0, 0)                            \
+    X(STR, ca_file, ca_file, 0, 0)                              \
+    X(STR, user_agent, user_agent, 0, 0)                        \
+    X(STR, proxy, proxy, 0, 0)                                  \
+    X(MS, timeout, timeout_ms, 0.001, 1e6)                      \
+    X(MS, connect_timeout, connect_timeout_ms, 0.001, 1e6)      \
+    X(SIZE, max_body, max_body, 1, 1073741824.0)                \
+    X(SIZE, max_url, max_url, 16, 16777216.0)                   \
+    X(LONG, follow, follow, 0, 100)                             \
+    X(FLAG, insecure, insecure, 0, 0)                           \
+    X(FLAG, fresh_connect, fresh_connect, 0, 0)                 \
+    X(FLAG, proxy_from_env, proxy_from_env, 0, 0)
 
 /* Why a transfer failed (pb_result.fail). */
 enum {
@@ -53,20 +88,24 @@ enum {
     PB_FAIL_CONNECT,   /* resolving or connecting failed: nothing was sent */
     PB_FAIL_TRANSPORT, /* the connection broke (reset, truncated answer, ...) */
     PB_FAIL_TLS,       /* certificate or handshake problem */
-    PB_FAIL_TOO_LARGE, /* the answer was over max_body */
-    PB_FAIL_CANCELLED  /* pb_engine_cancel */
+    PB_FAIL_TOO_LARGE  /* the answer was over max_body */
 };
 
 typedef struct pb_result {
     unsigned long long tag;
+    int user;
     long status;          /* HTTP status, 0 when none arrived */
     const char *body;     /* valid until the next call on the engine */
     size_t body_len;
-    const char *headers;  /* raw header block of the final response */
+    const char *headers;  /* raw header block of the final response; for GETs
+                           * with the profile only Retry-After, and only when
+                           * the status is not 2xx */
     size_t headers_len;
+    const char *url;      /* the URL as it was requested */
+    size_t url_len;
     int fail;             /* PB_FAIL_* */
     int sent;             /* 0 when the request certainly never left */
-    const char *error;    /* libcurl's message when fail != 0 */
+    const char *error;    /* why, when fail != 0 */
     double seconds;       /* total time */
 } pb_result;
 
@@ -74,8 +113,6 @@ typedef struct pb_result {
  * (curl counts calls, so every user may call it). Returns 0 on success. */
 int pb_engine_global_init(void);
 void pb_engine_global_cleanup(void);
-/* libcurl's version string, e.g. "libcurl/7.88.1 OpenSSL/3.0.11 ..." */
-const char *pb_engine_curl_version(void);
 
 /* Returns NULL when memory runs out or the profile is invalid (a reason in
  * why when given). */
@@ -83,34 +120,33 @@ pb_engine *pb_engine_new(const pb_engine_opts *o, char *why, size_t whylen);
 /* Aborts every transfer and frees everything. */
 void pb_engine_free(pb_engine *e);
 
-/* Starts a request. Returns PB_OK, PB_ENOMEM, or PB_EINVAL with a reason in
- * why (then nothing was sent). */
-#define PB_EINVAL (-3)
+/* Return codes besides PB_OK and PB_ENOMEM. */
+#define PB_EINVAL (-3) /* the request was refused: nothing was sent */
+#define PB_ECURL (-4)  /* libcurl's multi interface failed */
+
+/* Starts a request, or queues it while max_running transfers run. Returns
+ * PB_OK, PB_ENOMEM, or PB_EINVAL with a reason in why (then nothing was
+ * sent). */
 int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen);
 
-/* Starts a GET of url with the engine's profile (see pb_engine_opts): the
- * fast path for firing postbacks. A pooled handle that already carries the
- * profile is reused as it is, with only its URL changed. Same returns as
- * pb_engine_add. */
-int pb_engine_get(pb_engine *e, const char *url, unsigned long long tag, char *why,
-                  size_t whylen);
+/* Starts (or queues) a GET of url (len bytes, no NUL inside) with the
+ * engine's profile: the fast path for firing postbacks. A pooled handle
+ * that already carries the profile is reused as it is, with only its URL
+ * changed. Same returns as pb_engine_add. */
+int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user,
+                  char *why, size_t whylen);
 
 /* Drives transfers, waiting at most timeout_ms (0 = never wait) for one to
- * finish. Returns the number of finished transfers waiting to be taken, or
- * PB_ENOMEM / PB_EINVAL on an engine failure. */
+ * finish. Starts queued transfers as others finish. Returns the number of
+ * finished transfers waiting to be taken, or PB_ECURL. */
 int pb_engine_perform(pb_engine *e, long timeout_ms);
 
 /* Takes the next finished transfer into out; returns 1, or 0 when none. The
  * result's strings stay valid until the next call on the engine. */
 int pb_engine_next(pb_engine *e, pb_result *out);
 
-/* Transfers started and not yet taken by pb_engine_next. */
+/* Transfers added and not yet taken by pb_engine_next (queued, running or
+ * finished). */
 size_t pb_engine_pending(const pb_engine *e);
-/* Transfers running right now (not yet finished). */
-size_t pb_engine_running(const pb_engine *e);
-
-/* Cancels a transfer by tag (it finishes with PB_FAIL_CANCELLED). Returns 1
- * when found. */
-int pb_engine_cancel(pb_engine *e, unsigned long long tag);
 
 #endif

@@ -196,20 +196,79 @@ void pb_template_free(pb_template *t)
     pb_free(a, t, sizeof *t);
 }
 
+/* Writes v in decimal into the end of tmp[40]; returns the start. */
+static char *format_int(char *end, long long v)
+{
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    char *p = end;
+    do {
+        *--p = (char)('0' + (int)(u % 10));
+        u /= 10;
+    } while (u);
+    if (v < 0) *--p = '-';
+    return p;
+}
+
+/* Formats d as "%.14g" would, into tmp (at least 40 bytes); returns the
+ * length. Numbers with few decimals (payouts, amounts) take a short path:
+ * when d * 10^k is an integer m of at most 14 digits and m / 10^k gives d
+ * back exactly, d is the double nearest to m / 10^k, and %.14g prints that
+ * decimal; anything else goes through snprintf. */
+static int format_float(char *tmp, size_t size, double d)
+{
+    static const double pow10[] = { 1, 10, 100, 1000, 10000, 100000, 1000000 };
+    double a = d < 0 ? -d : d;
+    int k;
+    if (a >= 1e-4 && a < 1e14) {
+        for (k = 0; k <= 6; k++) {
+            double scaled = a * pow10[k], m = floor(scaled);
+            if (scaled == m && m < 1e14 && m / pow10[k] == a) {
+                char digits[40], *p = format_int(digits + sizeof digits, (long long)m);
+                size_t n = (size_t)(digits + sizeof digits - p), out = 0, ip;
+                if (d < 0) tmp[out++] = '-';
+                if (k == 0) {
+                    memcpy(tmp + out, p, n);
+                    return (int)(out + n);
+                }
+                /* n digits, k of them decimals (zeros in front when n <= k) */
+                if (n <= (size_t)k) {
+                    tmp[out++] = '0';
+                    tmp[out++] = '.';
+                    for (ip = n; ip < (size_t)k; ip++) tmp[out++] = '0';
+                    memcpy(tmp + out, p, n);
+                    out += n;
+                } else {
+                    memcpy(tmp + out, p, n - (size_t)k);
+                    out += n - (size_t)k;
+                    tmp[out++] = '.';
+                    memcpy(tmp + out, p + n - (size_t)k, (size_t)k);
+                    out += (size_t)k;
+                }
+                while (tmp[out - 1] == '0') out--; /* m/10^k with the smallest k has none */
+                if (tmp[out - 1] == '.') out--;
+                return (int)out;
+            }
+        }
+    }
+    return snprintf(tmp, size, "%.14g", d);
+}
+
 int pb_value_format(pb_buf *out, const pb_value *v, int encode)
 {
     char tmp[40];
+    const char *p = tmp;
     int n;
     switch (v->kind) {
     case PB_V_STRING:
         return encode == PB_ENCODE_URL ? pb_url_encode(out, v->s, v->len)
                                        : pb_buf_append(out, v->s, v->len);
     case PB_V_INT:
-        n = snprintf(tmp, sizeof tmp, "%lld", v->i);
+        p = format_int(tmp + sizeof tmp, v->i);
+        n = (int)(tmp + sizeof tmp - p);
         break;
     case PB_V_FLOAT:
         if (!isfinite(v->d)) return PB_RERR_NONFINITE;
-        n = snprintf(tmp, sizeof tmp, "%.14g", v->d);
+        n = format_float(tmp, sizeof tmp, v->d);
         break;
     case PB_V_BOOL:
         return pb_buf_puts(out, v->i ? "true" : "false");
@@ -218,8 +277,25 @@ int pb_value_format(pb_buf *out, const pb_value *v, int encode)
     }
     if (n < 0 || (size_t)n >= sizeof tmp) return PB_RERR_BADTYPE;
     /* Digits, '-' and '.' are unreserved; only an exponent's '+' needs encoding. */
-    return encode == PB_ENCODE_URL ? pb_url_encode(out, tmp, (size_t)n)
-                                   : pb_buf_append(out, tmp, (size_t)n);
+    return encode == PB_ENCODE_URL ? pb_url_encode(out, p, (size_t)n)
+                                   : pb_buf_append(out, p, (size_t)n);
+}
+
+/* Renders one placeholder (ph, phlen as written; its name at name, nlen)
+ * with value v. doc is the name's index among the documented macros (-1 for
+ * an undocumented one), or -2 when not known yet (then looked up only if
+ * needed). */
+static int render_macro(pb_buf *out, const char *ph, size_t phlen, const char *name,
+                        size_t nlen, int doc, const pb_value *v, const pb_render_opts *opts)
+{
+    if (v->kind == PB_V_NONE) {
+        if (doc == -2) doc = pb_macro_index(name, nlen);
+        /* Undocumented names stay literal; documented ones obey `missing`. */
+        if (doc < 0 || opts->missing == PB_MISSING_KEEP) return pb_buf_append(out, ph, phlen);
+        if (opts->missing == PB_MISSING_ERROR) return PB_RERR_MISSING;
+        return PB_OK;
+    }
+    return pb_value_format(out, v, opts->encode);
 }
 
 int pb_template_render(const pb_template *t, const pb_value *vals,
@@ -232,32 +308,63 @@ int pb_template_render(const pb_template *t, const pb_value *vals,
         rc != PB_ELIMIT) {
         err->code = rc;
         err->slot = 0;
+        err->name_off = err->name_len = 0;
         return rc;
     }
     for (i = 0; i < t->nsegs; i++) {
         const pb_segment *sg = &t->segs[i];
-        const pb_value *v;
         if (sg->kind == PB_SEG_LITERAL) {
             rc = pb_buf_append(out, t->src + sg->off, sg->len);
         } else {
-            v = &vals[sg->slot];
-            if (v->kind == PB_V_NONE) {
-                /* Undocumented names stay literal; documented ones obey `missing`. */
-                if (t->names[sg->slot].doc < 0 || opts->missing == PB_MISSING_KEEP)
-                    rc = pb_buf_append(out, t->src + sg->off, sg->len);
-                else if (opts->missing == PB_MISSING_ERROR)
-                    rc = PB_RERR_MISSING;
-                else
-                    rc = PB_OK;
-            } else {
-                rc = pb_value_format(out, v, opts->encode);
-            }
+            const pb_name *nm = &t->names[sg->slot];
+            rc = render_macro(out, t->src + sg->off, sg->len, t->src + nm->off, nm->len, nm->doc,
+                              &vals[sg->slot], opts);
         }
         if (rc != PB_OK) {
             err->code = rc;
             err->slot = sg->kind == PB_SEG_MACRO ? sg->slot : 0;
+            err->name_off = sg->kind == PB_SEG_MACRO ? t->names[sg->slot].off : 0;
+            err->name_len = sg->kind == PB_SEG_MACRO ? t->names[sg->slot].len : 0;
             return rc;
         }
     }
     return PB_OK;
+}
+
+int pb_render_stream(const char *src, size_t len, pb_lookup_fn lookup, void *ud,
+                     const pb_render_opts *opts, pb_buf *out, pb_render_err *err)
+{
+    size_t i = 0, lit = 0;
+    int rc;
+    err->slot = 0;
+    err->name_off = err->name_len = 0;
+    if ((rc = pb_buf_reserve(out, len + 32)) != PB_OK && rc != PB_ELIMIT) {
+        err->code = rc;
+        return rc;
+    }
+    while (i < len) {
+        size_t noff, nlen, plen;
+        pb_value v;
+        while (i < len && src[i] != '{' && src[i] != '%') i++;
+        if (i == len) break;
+        if (!(plen = placeholder(src, len, i, &noff, &nlen))) {
+            i++;
+            continue;
+        }
+        if ((rc = pb_buf_append(out, src + lit, i - lit)) != PB_OK) goto fail;
+        memset(&v, 0, sizeof v);
+        lookup(ud, src + noff, nlen, &v);
+        rc = render_macro(out, src + i, plen, src + noff, nlen, -2, &v, opts);
+        if (rc != PB_OK) {
+            err->name_off = noff;
+            err->name_len = nlen;
+            goto fail;
+        }
+        i += plen;
+        lit = i;
+    }
+    if ((rc = pb_buf_append(out, src + lit, len - lit)) == PB_OK) return PB_OK;
+fail:
+    err->code = rc;
+    return rc;
 }

@@ -66,7 +66,8 @@ enum { PB_RERR_MISSING = 1, PB_RERR_BADTYPE, PB_RERR_NONFINITE };
 
 typedef struct pb_render_err {
     int code;    /* one of PB_RERR_*, PB_ENOMEM, PB_ELIMIT */
-    size_t slot; /* the macro at fault */
+    size_t slot; /* the macro at fault (pb_template_render) */
+    size_t name_off, name_len; /* its name, as an offset into the source */
 } pb_render_err;
 
 /* Parses src (copied). Returns NULL only when memory runs out. */
@@ -77,6 +78,18 @@ void pb_template_free(pb_template *t);
  * a negative buffer error / positive PB_RERR_* with err filled. */
 int pb_template_render(const pb_template *t, const pb_value *vals,
                        const pb_render_opts *opts, pb_buf *out, pb_render_err *err);
+
+/* Gives the value of the macro `name` (len bytes, not NUL-terminated) in
+ * *out, which starts as PB_V_NONE. Strings must stay valid until the next
+ * call of the function or the end of the render. */
+typedef void (*pb_lookup_fn)(void *ud, const char *name, size_t len, pb_value *out);
+
+/* Renders src in one pass, without building a template: the value of each
+ * placeholder comes from lookup, at the moment it is written. Same rules,
+ * returns and errors as pb_template_render (err->name_off/len locate the
+ * macro at fault in src). */
+int pb_render_stream(const char *src, size_t len, pb_lookup_fn lookup, void *ud,
+                     const pb_render_opts *opts, pb_buf *out, pb_render_err *err);
 
 /* Appends one value as the rendering rules write it (before encoding). */
 int pb_value_format(pb_buf *out, const pb_value *v, int encode);

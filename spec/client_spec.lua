@@ -416,7 +416,7 @@ describe("client", function()
 
     it("kind transport for an answer over the size cap", function()
       mock:fault { fault = "oversized", size = 2 * 1024 * 1024 }
-      local cl = assert(postback.client(mock:client_opts { max_response = 1024 * 1024, retries = 0 }))
+      local cl = assert(postback.client(mock:client_opts { max_body = 1024 * 1024, retries = 0 }))
       local pb, err = cl:list {}
       assert.is_nil(pb)
       assert.equal("transport", err.kind)

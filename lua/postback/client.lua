@@ -8,12 +8,12 @@
 -- raises, as iterators do. Records are validated and the type is checked
 -- against the offer's conversion_protocol before anything is sent.
 local core = require "postback.core"
+local curl = require "postback.transport.curl"
 local errors = require "postback.errors"
+local executor = require "postback.executor"
 local json = require "postback.json"
-local pump = require "postback.pump"
 local retry = require "postback.retry"
-local curl_result = require("postback.transport.curl").result
-local curl_header = require("postback.transport.curl").header
+local util = require "postback.util"
 
 local M = {}
 local Client = {}
@@ -35,7 +35,26 @@ local DEFAULTS = {
   retry_post = false,
   check_protocol = true,
   protocol_ttl = 300,
-  max_response = 16 * 1024 * 1024,
+  max_body = 16 * 1024 * 1024,
+}
+
+local function num(min, max, above) return { kind = "number", min = min, max = max, above = above } end
+
+--- The client's options: name -> check (see util.check_options).
+M.OPTIONS = {
+  network = { kind = "any" }, api_key = { kind = "any" }, base_url = { kind = "any" },
+  timeout = num(nil, 1e6, 0), connect_timeout = num(nil, 1e6, 0),
+  retries = { kind = "number", integer = true, min = 0, max = 100 },
+  backoff_base = num(0, 1e6), backoff_max = num(0, 1e7), max_retry_time = num(0, 1e8),
+  retry_schedule = { kind = "table" },
+  retry_post = { kind = "boolean" }, check_protocol = { kind = "boolean" },
+  protocol_ttl = num(0, 1e9), rate_limit = num(nil, 1e6, 0),
+  headers = { kind = "table" }, verify_tls = { kind = "boolean" }, ca_file = { kind = "string", no_crlf = true },
+  insecure = { kind = "boolean" }, user_agent = { kind = "string", no_crlf = true },
+  transport = { kind = "any" }, on_request = { kind = "function" },
+  max_body = { kind = "number", integer = true, min = 1, max = 1073741824 },
+  per_host = { kind = "number", integer = true, min = 1, max = 1e6 },
+  proxy = { kind = "string", no_crlf = true },
 }
 
 local FIELDS = {
@@ -60,26 +79,18 @@ local function has_crlf(s)
   return s:find("[\r\n%z]") ~= nil
 end
 
--- Strips user:password@ from a URL before it goes into an error or a log.
-local function redact_url(url)
-  return (url:gsub("^(%a[%w+.-]*://)[^/@]*@", "%1"))
-end
-M.redact_url = redact_url
-
-local function check_number(opts, k, min, max)
-  local v = opts[k]
-  if v == nil then return DEFAULTS[k] end
-  if type(v) ~= "number" or v ~= v or v < min or v > max then
-    return nil, ("option %s must be a number between %s and %s"):format(k, min, max)
-  end
-  return v
-end
+local redact_url = util.redact_url
 
 --- Creates a client. See DESIGN "Public API" for the options.
 -- @return client, or nil, err (kind "validation") for bad option values
 function M.new(opts)
   if type(opts) ~= "table" then
-    error("bad argument #1 to 'client' (table expected, got " .. type(opts) .. ")", 2)
+    util.argerror(1, "client", "table expected, got " .. type(opts), 2)
+  end
+  local problem = util.check_options(opts, M.OPTIONS)
+  if problem then
+    local field = problem:match("^option ([%w_]+)") or problem:match("^unknown option ([%w_]+)")
+    return nil, invalid(problem, field or "options", problem:find("^unknown") and "unknown_field" or "range")
   end
   local network, key = opts.network, opts.api_key
   if type(network) ~= "string" or network == "" or network:find("[^%w%-_.]") then
@@ -107,28 +118,19 @@ function M.new(opts)
   end
 
   local self = setmetatable({ network = network, base_url = base }, Client)
-  for _, k in ipairs { "timeout", "connect_timeout", "backoff_base", "backoff_max", "max_retry_time", "protocol_ttl" } do
-    local v, err = check_number(opts, k, 0, 1e6)
-    if not v then return nil, invalid(err, k, "range") end
-    self[k] = v
+  for k, v in pairs(DEFAULTS) do self[k] = v end
+  for _, k in ipairs { "timeout", "connect_timeout", "backoff_base", "backoff_max", "max_retry_time",
+                       "protocol_ttl", "max_body", "retry_schedule", "retries" } do
+    if opts[k] ~= nil then self[k] = opts[k] end
   end
-  local retries, err = check_number(opts, "retries", 0, 100)
-  if not retries then return nil, invalid(err, "retries", "range") end
-  self.retries = math.floor(retries)
-  if opts.rate_limit ~= nil then
-    local rate, rerr = check_number(opts, "rate_limit", 0.001, 1e6)
-    if not rate then return nil, invalid(rerr, "rate_limit", "range") end
-    self.rate_limit = rate
-    self.tokens, self.token_time = 1, core.now()
-  end
-  self.max_response = opts.max_response or DEFAULTS.max_response
+  self.rate_limit = opts.rate_limit
   self.retry_post = opts.retry_post and true or false
   self.check_protocol = opts.check_protocol ~= false
   self.insecure = opts.insecure and true or false
   if opts.verify_tls == false then self.insecure = true end
   self.ca_file = opts.ca_file
-  self.user_agent = opts.user_agent or ("postback/" .. (require("postback")._VERSION:match("[%d.]+$")))
-  if has_crlf(self.user_agent) then return nil, invalid("option user_agent contains CR, LF or NUL", "user_agent") end
+  self.proxy = opts.proxy
+  self.user_agent = opts.user_agent or ("postback/" .. util.VERSION)
   self.on_request = opts.on_request
   self.protocols = {} -- offer_id -> {cp, expires}
 
@@ -137,38 +139,38 @@ function M.new(opts)
     if type(name) ~= "string" or (type(value) ~= "string" and type(value) ~= "number") then
       return nil, invalid("option headers must map names to strings", "headers", "type")
     end
-    value = tostring(value)
-    if has_crlf(name) or has_crlf(value) or name:find("[%s:]") then
-      return nil, invalid("header " .. name:gsub("[%c]", "?") .. " contains CR, LF, NUL or an invalid name", "headers")
-    end
     if name:lower() == "authorization" then
       return nil, invalid("option headers must not set Authorization (use network and api_key)", "headers")
     end
-    headers[name] = value
+    headers[name] = tostring(value)
   end
+  local herr = util.check_headers(headers)
+  if herr then return nil, invalid("option " .. herr.message, "headers") end
   self.headers = headers
+  secrets[self] = { key, util.base64(network .. ":" .. key) }
 
+  -- The executor every call of this client runs on (a call is a batch of one).
   local transport = opts.transport
-  if transport == nil and type(ngx) == "table" then
-    -- inside OpenResty: the cosocket transport, never the blocking engine
-    local found, ngxt = pcall(require, "postback.transport.ngx")
-    if found and ngxt.available() then transport = ngxt end
-  end
-  if transport == nil then
-    local curl = require "postback.transport.curl"
-    local t = curl.new { max_host = opts.max_host }
-    self.transport_object = t
-    self.send = function(req) return t:request(req) end
-  elseif type(transport) == "function" then
-    self.send = transport
-  elseif type(transport) == "table" and type(transport.request) == "function" then
-    local t = transport.new and transport.new(opts) or transport
-    self.transport_object = t
-    self.send = function(req) return t:request(req) end
-  else
+  if transport ~= nil and type(transport) ~= "function"
+     and not (type(transport) == "table" and (transport.request or transport.new or transport.submit)) then
     return nil, invalid("option transport must be a function(req) or a transport module", "transport", "type")
   end
-  secrets[self] = key
+  local mod = util.transport_module(transport)
+  local t
+  if mod == curl then
+    t = curl.new { per_host = opts.per_host }
+  else
+    -- Any other transport runs one request at a time in the caller's
+    -- coroutine (inside nginx: the request or timer handler that calls).
+    if type(mod) == "table" and mod.new then mod = mod.new(opts) end
+    t = executor.sync_transport(mod)
+  end
+  self.ex = executor.new {
+    transport = t, concurrency = 1, policy = self, rate_limit = self.rate_limit,
+    judge = function(job, resp, terr) return M.judge(self, job, resp, terr) end,
+    deliver = function() end,
+    on_attempt = function(job, _, err) M.report(self, job, err) end,
+  }
   return self
 end
 
@@ -178,7 +180,7 @@ end
 
 --- Releases the client's connections (also done by the garbage collector).
 function Client:close()
-  if self.transport_object and self.transport_object.close then self.transport_object:close() end
+  if self.ex then self.ex:close() end
 end
 Client.__close = Client.close
 
@@ -192,19 +194,6 @@ local function id_string(id, what)
   return ("%d"):format(n)
 end
 M.id_string = id_string
-
--- Waits for a token of the rate limit (token bucket of size 1 per second).
-local function take_token(self)
-  if not self.rate_limit then return end
-  local now = core.now()
-  self.tokens = math.min(1, self.tokens + (now - self.token_time) * self.rate_limit)
-  self.token_time = now
-  if self.tokens < 1 then
-    core.sleep((1 - self.tokens) / self.rate_limit)
-    self.tokens, self.token_time = 1, core.now()
-  end
-  self.tokens = self.tokens - 1
-end
 
 --- The request table for one call (used by the blocking path and by batch).
 function Client:build(method, path, query, body)
@@ -224,13 +213,15 @@ function Client:build(method, path, query, body)
     headers = headers,
     body = text,
     username = self.network,
-    password = secrets[self],
+    password = secrets[self][1],
     timeout = self.timeout,
     connect_timeout = self.connect_timeout,
-    max_body = self.max_response,
+    max_body = self.max_body,
     insecure = self.insecure,
     ca_file = self.ca_file,
     user_agent = self.user_agent,
+    proxy = self.proxy ~= "env" and self.proxy or nil,
+    proxy_from_env = self.proxy == "env" or nil,
     -- libcurl re-sends a request by itself when a reused connection closes
     -- before the answer; a POST must not be sent twice, and a DELETE's
     -- retry must be ours (to know that a 404 then means "already gone").
@@ -246,28 +237,32 @@ local function snippet(body)
 end
 
 --- Interprets a transport outcome: data, or nil, err (err.retryable set).
+-- Server text that goes into an error is scrubbed of the API key and of
+-- its Basic form: a server that echoes the request cannot leak them.
 function Client:interpret(req, resp, err)
   local method, url = req.method, redact_url(req.url)
+  local keys = secrets[self]
   if not resp then
     err.method, err.url = method, url
+    err.message = util.scrub(err.message, keys)
     err.retryable = retry.retryable(method, nil, err, self.retry_post)
     return nil, err
   end
   local status, body = resp.status, resp.body or ""
   local ok_status = status >= 200 and status <= 299
   local retryable = retry.retryable(method, status, nil, self.retry_post)
+  local retry_after = retryable and retry.retry_after(curl.header(resp, "retry-after")) or nil
   local doc, derr = json.decode(body)
   if type(doc) ~= "table" or (doc.code == nil and ok_status) then
     if ok_status then
       return nil, errors.new("decode", {
-        message = "the answer is not a JSON envelope: " .. (derr or snippet(body)),
+        message = util.scrub("the answer is not a JSON envelope: " .. (derr or snippet(body)), keys),
         status = status, method = method, url = url, retryable = false,
       })
     end
     return nil, errors.new("http", {
-      message = ("HTTP %d: %s"):format(status, snippet(body)),
-      status = status, method = method, url = url, retryable = retryable,
-      retry_after = curl_header(resp, "retry-after"),
+      message = util.scrub(("HTTP %d: %s"):format(status, snippet(body)), keys),
+      status = status, method = method, url = url, retryable = retryable, retry_after = retry_after,
     })
   end
   local code = json.tointeger(doc.code) or doc.code
@@ -279,44 +274,39 @@ function Client:interpret(req, resp, err)
   local message = doc.message
   if type(message) ~= "string" then message = ok_status and "API error" or ("HTTP " .. status) end
   return nil, errors.new("api", {
-    message = message, status = status, code = code, method = method, url = url,
-    retryable = retryable and not ok_status,
-    retry_after = curl_header(resp, "retry-after"),
+    message = util.scrub(message, keys), status = status, code = code, method = method, url = url,
+    retryable = retryable and not ok_status, retry_after = retry_after,
   })
 end
 
-local function report(self, info)
-  if self.on_request then pcall(self.on_request, info) end
+--- The executor's judge of one attempt of a call.
+function M.judge(self, job, resp, err)
+  job.status = resp and resp.status or nil
+  local data, ierr = self:interpret(job.req, resp, err)
+  if data ~= nil then return data end
+  ierr.attempts = job.attempts
+  if job.req.method == "DELETE" and job.attempts > 1 and ierr.status == 404 then
+    -- an earlier try deleted it and its answer was lost: done
+    return {}
+  end
+  return nil, ierr
+end
+
+-- Tells on_request about an attempt (its errors are the caller's: ignored).
+function M.report(self, job, err)
+  if not self.on_request then return end
+  pcall(self.on_request, {
+    method = job.req.method, url = redact_url(job.req.url), attempt = job.attempts,
+    status = job.status, seconds = core.now() - (job.t0 or core.now()),
+    error = err and tostring(err) or nil,
+  })
 end
 
 --- Sends one call with the retry policy: data or nil, err.
 function Client:call(method, path, query, body)
   local req, berr = self:build(method, path, query, body)
   if not req then return nil, berr end
-  local started = core.now()
-  local attempts = 0
-  while true do
-    take_token(self)
-    attempts = attempts + 1
-    local t0 = core.now()
-    local resp, terr = self.send(req)
-    local data, err = self:interpret(req, resp, terr)
-    report(self, {
-      method = method, url = redact_url(req.url), attempt = attempts,
-      status = resp and resp.status or nil, seconds = core.now() - t0,
-      error = err and tostring(err) or nil,
-    })
-    if data ~= nil then return data end
-    err.attempts = attempts
-    if method == "DELETE" and attempts > 1 and err.status == 404 then
-      -- an earlier try deleted it and its answer was lost: done
-      return {}
-    end
-    if not err.retryable then return nil, err end
-    local delay = retry.next_delay(self, attempts, started, retry.retry_after(err.retry_after))
-    if not delay then return nil, err end
-    core.sleep(delay)
-  end
+  return self.ex:run_job { req = req }
 end
 
 local function postback_of(data)
@@ -362,12 +352,12 @@ end
 
 -- Validation with the offer's protocol; nil, err when something is wrong.
 local function check_record(self, rec, partial, offer_id)
-  local ok, list = require("postback").validate(rec, { partial = partial })
+  local ok, list = core.validate(rec, partial)
   if not ok then return nil, errors.validation(list) end
   if rec.type ~= nil and self.check_protocol and offer_id and offer_id ~= 0 then
     local cp, err = self:protocol(offer_id)
     if not cp then return nil, err end
-    ok, list = require("postback").validate(rec, { partial = partial, conversion_protocol = cp })
+    ok, list = core.validate(rec, partial, cp)
     if not ok then return nil, errors.validation(list) end
   end
   return true
@@ -502,24 +492,28 @@ end
 -- or of named ops: {op = "update", id = 7, fields = {code = c}}.
 -- opts: concurrency (default 8), on_progress(done, total, result, index).
 -- Returns an array of results in op order: {ok = true, value = v} or
--- {ok = false, error = err}. Each op is retried by the client's rules.
+-- {ok = false, error = err}. Each op runs exactly as the single call does:
+-- the same request, retry policy, rate limit and rules (a POST is never
+-- sent twice; a DELETE retried after a lost answer that finds the postback
+-- gone has succeeded).
 function Client:batch(ops, opts)
   need_table(ops, 1, "batch")
   if opts ~= nil then need_table(opts, 2, "batch") end
   opts = opts or {}
+  local problem = util.check_options(opts, {
+    concurrency = { kind = "number", integer = true, min = 1, max = 100000 },
+    on_progress = { kind = "function" },
+  })
+  if problem then util.argerror(2, "batch", problem, 2) end
   local concurrency = opts.concurrency or 8
-  if type(concurrency) ~= "number" or concurrency < 1 then
-    error("bad argument #2 to 'batch' (option concurrency must be >= 1)", 2)
-  end
   local on_progress = opts.on_progress
-  if on_progress ~= nil and type(on_progress) ~= "function" then
-    error("bad argument #2 to 'batch' (option on_progress must be a function)", 2)
-  end
   local total, done, results = #ops, 0, {}
   local function complete(i, value, err)
     results[i] = value ~= nil and { ok = true, value = value } or { ok = false, error = err }
     done = done + 1
-    if on_progress then on_progress(done, total, results[i], i) end
+    if on_progress then
+      self.ex:call("on_progress", on_progress, { id = i }, done, total, results[i], i)
+    end
   end
 
   -- Prepare every op (local checks, protocol look-ups) before sending any.
@@ -542,37 +536,22 @@ function Client:batch(ops, opts)
     end
   end
 
-  if not self.transport_object or not self.transport_object.engine then
-    -- A custom transport: one call at a time.
-    for _, c in ipairs(calls) do complete(c[1], run(self, c[2])) end
-    return results
-  end
-
-  local started_at = core.now()
-  local p
-  p = pump.new { concurrency = concurrency, finish = function(job, ...)
-    local resp, terr = curl_result(...)
-    local data, err = self:interpret(job.req, resp, terr)
-    report(self, { method = job.req.method, url = redact_url(job.req.url), attempt = job.attempts,
-      status = resp and resp.status or nil, error = err and tostring(err) or nil })
-    if data ~= nil then
-      complete(job.index, job.call.finish(data))
-      return nil
-    end
-    err.attempts = job.attempts
-    if err.retryable then
-      local delay = retry.next_delay(self, job.attempts, job.started or started_at, retry.retry_after(err.retry_after))
-      if delay then return delay end
-    end
-    complete(job.index, nil, err)
-  end }
+  local ex = self.ex
+  local saved = ex.concurrency
+  ex.concurrency = concurrency
   for _, c in ipairs(calls) do
-    local call = c[2]
+    local i, call = c[1], c[2]
     local req, berr = self:build(call.method, call.path, call.query, call.body)
-    if req then p:push { req = req, index = c[1], call = call } else complete(c[1], nil, berr) end
+    if req then
+      ex:push { req = req, on_done = function(_, data, err)
+        if data ~= nil then complete(i, call.finish(data)) else complete(i, nil, err) end
+      end }
+    else
+      complete(i, nil, berr)
+    end
   end
-  local ok, perr = pcall(p.run, p)
-  p:close()
+  local ok, perr = pcall(ex.run, ex)
+  ex.concurrency = saved
   if not ok then error(perr, 0) end
   return results
 end
@@ -683,28 +662,89 @@ function Client:list(query)
   return data
 end
 
---- Iterates every postback matching query, page by page (constant memory).
--- Raises the error (an error table) when a page cannot be read.
+local function decode_error(message)
+  return errors.new("decode", { message = message, method = "GET", retryable = false })
+end
+
+-- A page count the server gave: a non-negative integer, else nil.
+local function page_count(v)
+  local n = type(v) == "number" and json.tointeger(v)
+  if not n or n < 0 then return nil end
+  return n
+end
+
+--- Iterates every postback matching query (constant memory). Raises the
+-- error (an error table) when a page cannot be read.
+-- Paging is by key: sorted by id ascending, each page asks for
+-- filters[id][GREATER_THAN] = the last id seen (with the caller's filters),
+-- so records that leave or enter the filter, are deleted or created while
+-- the iteration runs are never skipped or repeated. A query with another
+-- sort, or a page, is read by offset pages, which are not stable when the
+-- result set changes.
 function Client:each(query)
   if query ~= nil then need_table(query, 1, "each") end
   local q = {}
   for k, v in pairs(query or {}) do q[k] = v end
-  q.page = q.page or 1
   q.limit = q.limit or 100
+  local keyed = q.page == nil and (q.sort == nil or q.sort == "id" or q.sort == "+id")
+  if keyed then q.sort = "+id" else q.page = q.page or 1 end
   local _, qerr = M.encode_query(q)
   if qerr then error(qerr, 2) end
-  local rows, i, last_page = {}, 0, nil
+
+  local caller_filters = q.filters or {}
+  local floor -- the caller's own id > bound, if any
+  local idf = caller_filters.id
+  if type(idf) == "table" then floor = idf.GREATER_THAN end
+
+  local rows, i, last_id, last_page, done = {}, 0, nil, nil, false
+  local function fetch()
+    if keyed then
+      local filters = {}
+      for k, v in pairs(caller_filters) do filters[k] = v end
+      if last_id then
+        local spec = {}
+        if type(idf) == "table" then for k, v in pairs(idf) do spec[k] = v end
+        elseif idf ~= nil then spec.EQUAL_TO = idf end
+        spec.GREATER_THAN = (floor and floor > last_id) and floor or last_id
+        filters.id = spec
+      end
+      q.filters = next(filters) and filters or nil
+    end
+    local data, err = self:list(q)
+    if not data then error(err, 3) end
+    rows, i = data.rowset, 0
+    if keyed then
+      local prev = last_id
+      for _, row in ipairs(rows) do
+        local id = type(row) == "table" and json.tointeger(row.id)
+        if not id or (prev and id <= prev) then
+          error(decode_error("the API returned postbacks out of id order for a keyed page "
+            .. "(filters[id][GREATER_THAN] was not applied)"), 3)
+        end
+        prev = id
+      end
+      local total = page_count(data.totalRows)
+      if #rows == 0 or (total and #rows >= total) then done = true end
+      if prev then last_id = prev end
+    else
+      local pages = page_count(data.totalPages)
+      if pages == nil then
+        error(decode_error("the API's totalPages is not a non-negative integer: " .. tostring(data.totalPages)), 3)
+      end
+      local total = page_count(data.totalRows)
+      local bound = total and (math.floor(total / q.limit) + 1) or pages
+      last_page = math.min(pages, bound)
+      if #rows == 0 or q.page >= last_page then done = true end
+      q.page = q.page + 1
+    end
+  end
   return function()
     i = i + 1
     if rows[i] == nil then
-      if last_page and q.page > last_page then return nil end
-      if rows.done then return nil end
-      local data, err = self:list(q)
-      if not data then error(err, 2) end
-      rows, i = data.rowset, 1
-      last_page = data.totalPages
-      q.page = q.page + 1
-      if rows[1] == nil then rows.done = true return nil end
+      if done then return nil end
+      fetch()
+      i = 1
+      if rows[1] == nil then return nil end
     end
     return rows[i]
   end

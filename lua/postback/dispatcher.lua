@@ -5,18 +5,21 @@
 --   -- every tick:
 --   d:poll(0)                                                        -- never blocks
 --
--- With `spool = path`, every postback is written to an append-only,
--- checksummed file before it is sent, and marked done once delivered. A
--- dispatcher opened on the same file re-sends what was not delivered,
--- including what failed every retry: nothing is lost across a crash. The
--- spool is synced to disk once per poll (group commit); a torn last line is
--- skipped. Delivery is at least once: a postback in flight when the process
--- died is sent again, so receivers should dedupe on their click id.
+-- It runs on the executor (the same retries, limits and results as
+-- fire_many); a plain postback is rendered and queued in C, and its 2xx
+-- answer becomes its result in C. With `spool = path`, every postback is
+-- written to an append-only, checksummed file before it is sent, and marked
+-- done once delivered. A dispatcher opened on the same file re-sends what
+-- was not delivered, including what failed every retry: nothing is lost
+-- across a crash. The spool is synced to disk once per poll (group commit).
+-- Delivery is at least once: a postback in flight when the process died is
+-- sent again, so receivers should dedupe on their click id.
 local core = require "postback.core"
 local errors = require "postback.errors"
+local executor = require "postback.executor"
 local fire = require "postback.fire"
 local json = require "postback.json"
-local pump = require "postback.pump"
+local util = require "postback.util"
 
 local M = {}
 local Dispatcher = {}
@@ -26,6 +29,20 @@ Dispatcher.__name = "postback.dispatcher"
 local DEFAULTS = {}
 for k, v in pairs(fire.DEFAULTS) do DEFAULTS[k] = v end
 DEFAULTS.delay = 0
+
+--- The dispatcher's options besides the firing ones.
+M.OPTIONS = {
+  delay = { kind = "number", min = 0, max = 1e7 },
+  spool = { kind = "string" },
+  on_attempt = { kind = "function" },
+  max_queue = { kind = "number", integer = true, min = 1, max = 1e9 },
+}
+
+local FIRE_OPTIONS = {
+  headers = { kind = "table" }, delay = { kind = "number", min = 0, max = 1e7 },
+  encode = { kind = "string", values = { "url", "none" } },
+  missing = { kind = "string", values = { "empty", "keep", "error" } },
+}
 
 local function spool_write(self, record)
   local text = assert(json.encode(record))
@@ -64,26 +81,60 @@ local function spool_read(path)
   return pending, last, skipped
 end
 
+-- A postback's final outcome (the executor's deliver).
+local function finish(self, job, value, err)
+  local r = fire.result(job, value, err)
+  r.id = job.id
+  if r.ok then
+    self.delivered = self.delivered + 1
+    if job.spooled then spool_write(self, { op = "done", id = job.id }) end
+  else
+    self.failed = self.failed + 1 -- stays in the spool for the next dispatcher
+  end
+  if self.opts.on_result then self.opts.on_result(r) end
+end
+
+-- Marks the postbacks the fast path delivered.
+local function settle(self)
+  local ids = self.done_ids
+  local n = #ids
+  if n == 0 then return end
+  self.delivered = self.delivered + n
+  for i = 1, n do
+    if self.spool then spool_write(self, { op = "done", id = ids[i] }) end
+    ids[i] = nil
+  end
+end
+
 --- Creates a dispatcher.
--- opts: concurrency, per_host, retries, timeout, backoff_base, backoff_max,
--- delay (seconds before a postback's first try), spool (path),
--- on_result(result), on_attempt(info), ok_status, ok_body, headers.
+-- opts: the options of fire_many (concurrency, per_host, retries, timeout,
+-- ...), delay (seconds before a postback's first try), spool (path),
+-- max_queue, on_result(result), on_attempt(info), on_error(info).
 -- @return dispatcher, or nil, err when the spool cannot be opened
 function M.new(opts)
-  local o = fire.options(opts, 1, "dispatcher", DEFAULTS)
-  for _, k in ipairs { "on_result", "on_attempt" } do
-    if o[k] ~= nil and type(o[k]) ~= "function" then
-      error(("bad argument #1 to 'dispatcher' (option %s must be a function)"):format(k), 2)
-    end
-  end
-  if o.spool ~= nil and type(o.spool) ~= "string" then
-    error("bad argument #1 to 'dispatcher' (option spool must be a path)", 2)
-  end
-  local herr = fire.check_headers(o.headers)
-  if herr then return nil, herr end
-  local self = setmetatable({ opts = o, next_id = 0, delivered = 0, failed = 0 }, Dispatcher)
-  self.pump = pump.new { concurrency = o.concurrency, per_host = o.per_host, profile = fire.profile(o),
-    finish = function(job, ...) return self:finish(job, ...) end }
+  local o = fire.options(opts, 1, "dispatcher", M.OPTIONS, DEFAULTS)
+  if o.header_error then return nil, o.header_error end
+  local self = setmetatable({ opts = o, next_id = 0, delivered = 0, failed = 0, done_ids = {} }, Dispatcher)
+  local t = fire.transport(o)
+  self.transport = t
+  self.ex = executor.new {
+    transport = t, concurrency = o.concurrency, policy = o.policy,
+    per_host = o.per_host, per_host_rate = o.per_host_rate, breaker = o.breaker,
+    judge = fire.judge(o),
+    deliver = function(job, value, err) finish(self, job, value, err) end,
+    on_attempt = o.on_attempt and function(job, value, err)
+      local r = fire.result(job, value, err)
+      o.on_attempt { id = job.id, attempt = job.attempts, status = r.status, ok = r.ok,
+                     time = r.time, error = r.error, url = r.url }
+    end,
+    on_error = o.on_error,
+    -- 2xx answers of plain postbacks end in C: result, on_result, done ids
+    sink = (o.on_attempt == nil) and { plain = o.plain, with_id = true, on_result = o.on_result,
+                                       done = self.done_ids } or nil,
+    fast_job = function(outcome)
+      return { url = outcome.url, id = outcome.tag, spooled = self.spool ~= nil }
+    end,
+  }
 
   if o.spool then
     local pending, last, skipped = spool_read(o.spool)
@@ -92,106 +143,117 @@ function M.new(opts)
     local payloads = {}
     for i, rec in ipairs(pending) do payloads[i] = assert(json.encode(rec)) end
     local ok, err = core.spool_rewrite(o.spool, payloads)
-    if not ok then return nil, errors.new("transport", { message = "spool: " .. err }) end
+    if not ok then self.ex:close() return nil, errors.new("transport", { message = "spool: " .. err }) end
     local sp, oerr = core.spool_open(o.spool)
-    if not sp then return nil, errors.new("transport", { message = "spool: " .. oerr }) end
+    if not sp then self.ex:close() return nil, errors.new("transport", { message = "spool: " .. oerr }) end
     self.spool = sp
     self.next_id = last
     for _, rec in ipairs(pending) do
       local job = fire.job(rec.url, o, rec.headers)
-      job.id, job.spooled = rec.id, true
-      self.pump:push(job)
+      job.id, job.tag, job.spooled = rec.id, rec.id, true
+      self.ex:push(job)
     end
   end
   return self
 end
 
 function Dispatcher:__tostring()
-  return ("postback.dispatcher (%d pending)"):format(self.pump and self:pending() or 0)
+  return ("postback.dispatcher (%d pending)"):format(self.closed and 0 or self:pending())
 end
 
---- Queues a postback and returns at once: its id, or nil, err (bad target).
--- Same arguments as postback.fire; opts may carry headers and delay.
+--- Queues a postback and returns at once: its id, or nil, err (a bad
+-- target, a full queue, a spool that cannot be written).
+-- Same arguments as postback.fire; opts may carry headers, delay, encode
+-- and missing.
 function Dispatcher:fire(target, values, opts)
   if self.closed then error("dispatcher is closed", 2) end
-  if target == nil then error("bad argument #1 to 'fire' (URL, template or record expected, got nil)", 2) end
+  if target == nil then util.argerror(1, "fire", "URL, template or record expected, got nil", 2) end
   if values ~= nil and type(values) ~= "table" then
-    error("bad argument #2 to 'fire' (table expected, got " .. type(values) .. ")", 2)
+    util.argerror(2, "fire", "table expected, got " .. type(values), 2)
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("bad argument #3 to 'fire' (table expected, got " .. type(opts) .. ")", 2)
+  if opts ~= nil then
+    if type(opts) ~= "table" then util.argerror(3, "fire", "table expected, got " .. type(opts), 2) end
+    local problem = util.check_options(opts, FIRE_OPTIONS)
+    if problem then util.argerror(3, "fire", problem, 2) end
   end
   local o = self.opts
-  local render_opts = o
+  if o.max_queue and self:pending() >= o.max_queue then
+    return nil, errors.new("transport", { code = "queue_full", retryable = true,
+      message = ("the dispatcher's queue is full (max_queue = %d)"):format(o.max_queue) })
+  end
+  local render = o.render
   if opts and (opts.encode or opts.missing) then
     local base = o.render or {}
-    render_opts = { render = { encode = opts.encode or base.encode or "url",
-                               missing = opts.missing or base.missing or "empty" } }
+    render = { encode = opts.encode or base.encode or "url", missing = opts.missing or base.missing or "empty" }
   end
-  local url, err = fire.render_target(target, values, render_opts)
-  if not url then return nil, err end
   local headers = opts and opts.headers
-  local herr = fire.check_headers(headers)
-  if herr then return nil, herr end
   local delay = opts and opts.delay or o.delay
-  self.next_id = self.next_id + 1
-  local id = self.next_id
-  local job = fire.job(url, o, headers)
-  job.id = id
+  local ex = self.ex
+  local fast = ex.fast and headers == nil and not (delay and delay > 0)
+  local id = self.next_id + 1
+
+  if fast and not self.spool and (type(target) == "string" or getmetatable(target) == core.template_mt) then
+    -- rendered and queued in C
+    local ok, err = self.transport:fire(target, values, id, render)
+    if not ok then return nil, err end
+    self.next_id = id
+    ex:fast_started(1)
+    return id
+  end
+
+  local herr = util.check_headers(headers)
+  if herr then return nil, herr end
+  local url, err = fire.render_target(target, values, { render = render, max_url = o.max_url })
+  if not url then return nil, err end
   if self.spool then
     local ok, serr = spool_write(self, { op = "add", id = id, url = url, headers = headers })
     if not ok then return nil, errors.new("transport", { message = "spool: " .. serr }) end
-    job.spooled = true
   end
+  self.next_id = id
+  if fast then
+    local ok, why = self.transport:fire_url(url, id)
+    if ok then
+      ex:fast_started(1)
+      return id
+    end
+    -- refused by the engine: the executor's path reports it as a result
+    if why then self.refused = (self.refused or 0) + 1 end
+  end
+  local job = fire.job(url, o, headers)
+  job.id, job.tag, job.spooled = id, id, self.spool ~= nil
   if delay and delay > 0 then job.due = core.now() + delay end
-  self.pump:push(job)
+  ex:push(job)
   return id
-end
-
-function Dispatcher:finish(job, ...)
-  local o = self.opts
-  local r, again = fire.judge(o, job, ...)
-  r.id = job.id
-  if o.on_attempt then
-    o.on_attempt { id = job.id, attempt = job.attempts, status = r.status, ok = r.ok,
-                   time = r.time, error = r.error, url = r.url }
-  end
-  if again then
-    local delay = fire.retry_delay(o, job, r)
-    if delay then return delay end
-  end
-  if r.ok then
-    self.delivered = self.delivered + 1
-    if job.spooled then spool_write(self, { op = "done", id = job.id }) end
-  else
-    self.failed = self.failed + 1 -- stays in the spool for the next dispatcher
-  end
-  if o.on_result then o.on_result(r) end
 end
 
 --- Drives transfers for at most timeout seconds (default 0: never blocks)
 -- and runs callbacks. Returns the number of attempts that finished.
 function Dispatcher:poll(timeout)
   if self.closed then return 0 end
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-    error("bad argument #1 to 'poll' (non-negative number expected)", 2)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
+    util.argerror(1, "poll", "non-negative number expected", 2)
   end
   if self.dirty then
     self.spool:sync()
     self.dirty = false
   end
-  return self.pump:step(timeout or 0)
+  local n = self.ex:step(timeout or 0)
+  settle(self)
+  return n
 end
 
 --- Postbacks queued, delayed, waiting for a retry or in flight.
 function Dispatcher:pending()
   if self.closed then return 0 end
-  return self.pump:pending()
+  return self.ex:pending()
 end
 
 --- Polls until nothing is pending or timeout seconds passed.
 -- @return true, or nil, err (kind "timeout") with postbacks still pending
 function Dispatcher:wait(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
+    util.argerror(1, "wait", "non-negative number expected", 2)
+  end
   local deadline = timeout and core.now() + timeout
   while self:pending() > 0 do
     local left = deadline and deadline - core.now() or 1
@@ -207,12 +269,21 @@ function Dispatcher:wait(timeout)
   return true
 end
 
+--- Counters: delivered, failed, pending, and the executor's (retried,
+-- inflight, queued, delayed, callback_errors, paused hosts).
+function Dispatcher:stats()
+  local s = self.ex:stats()
+  s.delivered, s.failed = self.delivered, self.failed
+  s.pending = self:pending()
+  return s
+end
+
 --- Stops: transfers in flight are abandoned (with a spool they are sent
 -- again by the next dispatcher). Safe to call twice.
 function Dispatcher:close()
   if self.closed then return end
   self.closed = true
-  self.pump:close()
+  self.ex:close()
   if self.spool then
     self.spool:sync()
     self.spool:close()

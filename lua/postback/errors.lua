@@ -12,26 +12,32 @@ local M = {}
 local mt = core.error_mt
 M.mt = mt
 
+local function text(v)
+  if v == nil then return nil end
+  if type(v) == "string" then return v end
+  return tostring(v)
+end
+
 local function describe(e)
-  local parts = { (e.kind or "unknown") .. " error" }
-  if e.status then parts[#parts + 1] = "HTTP " .. tostring(e.status) end
-  if e.kind == "api" and e.code ~= nil then parts[#parts + 1] = "code " .. tostring(e.code) end
+  local parts = { (text(e.kind) or "unknown") .. " error" }
+  if e.status ~= nil then parts[#parts + 1] = "HTTP " .. text(e.status) end
+  if e.kind == "api" and e.code ~= nil then parts[#parts + 1] = "code " .. text(e.code) end
   local head = table.concat(parts, ", ")
-  local msg = e.message or ""
-  if e.errors and #e.errors > 0 and msg == "" then
+  local msg = text(e.message) or ""
+  if type(e.errors) == "table" and #e.errors > 0 and msg == "" then
     local list = {}
     for i, item in ipairs(e.errors) do
-      list[i] = item.message or tostring(item.code)
+      list[i] = type(item) == "table" and text(item.message or item.code) or text(item)
     end
     msg = table.concat(list, "; ")
   end
-  local where = ""
-  if e.method or e.url then
-    where = " [" .. table.concat({ e.method, e.url }, " ") .. "]"
-  end
+  local where = {}
+  if e.method ~= nil then where[#where + 1] = text(e.method) end
+  if e.url ~= nil then where[#where + 1] = text(e.url) end
+  local at = #where > 0 and (" [" .. table.concat(where, " ") .. "]") or ""
   local tries = ""
-  if e.attempts and e.attempts > 1 then tries = " after " .. e.attempts .. " attempts" end
-  return head .. ": " .. msg .. where .. tries
+  if type(e.attempts) == "number" and e.attempts > 1 then tries = " after " .. e.attempts .. " attempts" end
+  return head .. ": " .. msg .. at .. tries
 end
 
 mt.__tostring = describe
@@ -53,12 +59,6 @@ function M.validation(list, message)
     message = table.concat(msgs, "; ")
   end
   return M.new("validation", { errors = list, message = message })
-end
-
---- Raises the usual "bad argument #n to 'fname' (msg)" error. level is what
--- the caller would give error() itself (this function's frame is added).
-function M.argerror(n, fname, msg, level)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level + 1)
 end
 
 --- true when v is an error made here.

@@ -1,4 +1,4 @@
---- Firing postbacks: fire (one), fire_many (many at once), on the pump.
+--- Firing postbacks: fire (one) and fire_many (many at once), on the executor.
 --
 -- A target is a URL string (its {macros} rendered with `values`), a
 -- template object, or a postback record ({type=, code=}: types 1 and 2 fire
@@ -9,10 +9,12 @@
 local core = require "postback.core"
 local curl = require "postback.transport.curl"
 local errors = require "postback.errors"
-local pump = require "postback.pump"
+local executor = require "postback.executor"
 local retry = require "postback.retry"
+local util = require "postback.util"
 
 local M = {}
+
 
 M.DEFAULTS = {
   timeout = 10,
@@ -23,144 +25,190 @@ M.DEFAULTS = {
   max_retry_time = 300,
   concurrency = 16,
   max_body = 64 * 1024,
+  max_url = 16384,
   follow = 0,
+  user_agent = "postback/" .. util.VERSION,
 }
 
-local template_mt = core.template_mt
+local function positive(max) return { kind = "number", above = 0, max = max } end
+local function int(min, max) return { kind = "number", integer = true, min = min, max = max } end
 
-local function argerror(n, fname, msg)
-  errors.argerror(n, fname, msg, 4)
+local function ok_status_check(name, v)
+  local t = type(v)
+  if t == "number" or t == "function" then return nil end
+  if t == "table" then
+    for _, s in ipairs(v) do
+      if type(s) ~= "number" then return ("option %s must list status numbers"):format(name) end
+    end
+    return nil
+  end
+  return ("option %s must be a number, a list of numbers or a function"):format(name)
 end
 
---- Reads and checks fire options (raising on wrong types), filled with defaults.
-function M.options(opts, n, fname, base)
-  base = base or M.DEFAULTS
-  if opts ~= nil and type(opts) ~= "table" then argerror(n, fname, "table expected, got " .. type(opts)) end
-  opts = opts or {}
-  local o = {}
-  for k, v in pairs(base) do o[k] = v end
-  for k, v in pairs(opts) do o[k] = v end
-  for _, k in ipairs { "timeout", "connect_timeout", "retries", "backoff_base", "backoff_max",
-                       "max_retry_time", "concurrency", "max_body", "follow", "delay" } do
-    local v = o[k]
-    if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0) then
-      argerror(n, fname, "option " .. k .. " must be a non-negative number")
+local function schedule_check(name, v)
+  if type(v) ~= "table" or #v == 0 then return ("option %s must be a list of seconds"):format(name) end
+  for _, s in ipairs(v) do
+    if type(s) ~= "number" or s ~= s or s < 0 or s > 1e7 then
+      return ("option %s must list non-negative seconds"):format(name)
     end
   end
-  if o.concurrency < 1 then argerror(n, fname, "option concurrency must be >= 1") end
-  o.retries = math.floor(o.retries)
-  local okst = o.ok_status
-  if okst ~= nil and type(okst) ~= "number" and type(okst) ~= "table" and type(okst) ~= "function" then
-    argerror(n, fname, "option ok_status must be a number, a list of numbers or a function")
+end
+
+local function networks_check(name, v)
+  if type(v) ~= "table" then return ("option %s must be a list of CIDRs"):format(name) end
+  for _, c in ipairs(v) do
+    if type(c) ~= "string" then return ("option %s must list CIDR strings"):format(name) end
   end
-  if o.ok_body ~= nil and type(o.ok_body) ~= "string" then
-    argerror(n, fname, "option ok_body must be a Lua pattern (string)")
+end
+
+local BREAKER = {
+  failures = int(1, 1e6), cooldown = positive(1e7), on_change = { kind = "function" },
+}
+
+local function breaker_check(name, v)
+  if type(v) ~= "table" then return ("option %s must be a table {failures =, cooldown =}"):format(name) end
+  local problem = util.check_options(v, BREAKER)
+  if problem then return ("option %s: %s"):format(name, problem) end
+end
+
+--- The firing options: name -> check (see util.check_options).
+M.OPTIONS = {
+  timeout = positive(1e6),
+  connect_timeout = positive(1e6),
+  retries = int(0, 100),
+  backoff_base = { kind = "number", min = 0, max = 1e6 },
+  backoff_max = { kind = "number", min = 0, max = 1e7 },
+  max_retry_time = { kind = "number", min = 0, max = 1e8 },
+  retry_schedule = { kind = schedule_check },
+  concurrency = int(1, 100000),
+  per_host = int(1, 1e6),
+  per_host_rate = positive(1e6),
+  breaker = { kind = breaker_check },
+  max_body = int(1, 1073741824),
+  max_url = int(16, 16777216),
+  follow = int(0, 20),
+  headers = { kind = "table" },
+  encode = { kind = "string", values = { "url", "none" } },
+  missing = { kind = "string", values = { "empty", "keep", "error" } },
+  ok_status = { kind = ok_status_check },
+  ok_body = { kind = "string" },
+  on_result = { kind = "function" },
+  on_error = { kind = "function" },
+  insecure = { kind = "boolean" },
+  ca_file = { kind = "string", no_crlf = true },
+  user_agent = { kind = "string", no_crlf = true },
+  proxy = { kind = "string", no_crlf = true },
+  allow_private = { kind = "boolean" },
+  allow_networks = { kind = networks_check },
+  transport = { kind = "any" },
+}
+
+--- Reads and checks fire options (raising "bad argument" for any problem),
+-- filled with defaults. extra: more option checks (the dispatcher's).
+function M.options(opts, n, fname, extra, defaults)
+  if opts ~= nil and type(opts) ~= "table" then
+    util.argerror(n, fname, "table expected, got " .. type(opts), 3)
   end
-  if o.headers ~= nil and type(o.headers) ~= "table" then
-    argerror(n, fname, "option headers must be a table")
+  local spec = M.OPTIONS
+  if extra then
+    spec = {}
+    for k, v in pairs(M.OPTIONS) do spec[k] = v end
+    for k, v in pairs(extra) do spec[k] = v end
   end
-  if o.encode ~= nil and o.encode ~= "url" and o.encode ~= "none" then
-    argerror(n, fname, "option encode must be \"url\" or \"none\"")
-  end
+  local problem = util.check_options(opts, spec)
+  if problem then util.argerror(n, fname, problem, 3) end
+  local o = {}
+  for k, v in pairs(defaults or M.DEFAULTS) do o[k] = v end
+  for k, v in pairs(opts or {}) do o[k] = v end
+  -- headers that cannot be sent are an error the caller gets back
+  o.header_error = util.check_headers(o.headers)
   -- nil when default: rendering then reads no option table at all
   if (o.encode or "url") ~= "url" or (o.missing or "empty") ~= "empty" then
     o.render = { encode = o.encode or "url", missing = o.missing or "empty" }
   end
-  if type(okst) == "table" then
+  if type(o.ok_status) == "table" then
     local set = {}
-    for _, s in ipairs(okst) do set[s] = true end
+    for _, s in ipairs(o.ok_status) do set[s] = true end
     o.ok_set = set
   end
+  o.plain = o.ok_status == nil and o.ok_body == nil
+  o.policy = { retries = o.retries, backoff_base = o.backoff_base, backoff_max = o.backoff_max,
+               max_retry_time = o.max_retry_time, retry_schedule = o.retry_schedule }
   return o
 end
 
---- nil when every header is a valid name with a value free of CR, LF and
--- NUL, else a validation error (nothing is sent then).
-function M.check_headers(headers)
-  for name, value in pairs(headers or {}) do
-    local line = type(name) == "number" and tostring(value) or (tostring(name) .. ": " .. tostring(value))
-    local n = line:match("^([^:]*):")
-    if not n or n == "" or n:find("[%c%s\"(),/:;<=>?@%[\\%]{}]") or line:find("[\r\n%z]") then
-      return errors.new("validation", { code = "invalid", field = "headers",
-        message = "header refused before sending: a \"Name: value\" line without CR, LF or NUL is expected" })
-    end
-  end
-  return nil
-end
+local template_mt = core.template_mt
 
 local function is_template(v)
   return type(v) == "userdata" and getmetatable(v) == template_mt
 end
 
---- Renders a target into the URL to GET: url, or nil, err.
--- cache (optional) maps code strings to parsed templates. The URL is checked
--- unless `unchecked` (the engine checks it again before sending anyway).
-function M.render_target(target, values, o, cache, unchecked)
+local function invalid(code, field, message, url)
+  return errors.new("validation", { code = code, field = field, message = message, url = url,
+                                    retryable = false })
+end
+
+--- Renders a target into the URL to GET: url, or nil, err. The URL is
+-- checked (scheme, host, size) as the engine would.
+function M.render_target(target, values, o)
   local t = target
   if type(target) == "table" and not is_template(target) then
     local ty = target.type
     if ty == 3 then
-      return nil, errors.new("validation", {
-        code = "type_not_allowed", field = "type",
-        message = "type 3 (HTML Pixel) is HTML for a browser page and cannot be fired; "
-          .. "use postback.render(code, values) to put it in a page",
-      })
+      return nil, invalid("type_not_allowed", "type",
+        "type 3 (HTML Pixel) is HTML for a browser page and cannot be fired; "
+          .. "use postback.render(code, values) to put it in a page")
     end
     if ty ~= nil and ty ~= 1 and ty ~= 2 then
-      return nil, errors.new("validation", { code = "range", field = "type",
-        message = "type must be 1 (Image Pixel) or 2 (Postback URL)" })
+      return nil, invalid("range", "type", "type must be 1 (Image Pixel) or 2 (Postback URL)")
     end
     t = target.code or target.url
-    if type(t) ~= "string" then
-      return nil, errors.new("validation", { code = "required", field = "code",
-        message = "the record has no code to fire" })
+    if type(t) ~= "string" and not is_template(t) then
+      return nil, invalid("required", "code", "the record has no code to fire")
     end
+  end
+  if values ~= nil and type(values) ~= "table" then
+    return nil, invalid("type", "values", "values must be a table, got " .. type(values))
   end
   local url, err
-  if is_template(t) then
-    url, err = t:render(values, o.render)
-  elseif type(t) == "string" then
-    if values == nil and not t:find("[{%%]") then
-      url = t
-    else
-      local tpl = cache and cache[t]
-      if not tpl then
-        tpl = core.template(t)
-        if cache then cache[t] = tpl end
-      end
-      url, err = tpl:render(values, o.render)
-    end
+  if is_template(t) or type(t) == "string" then
+    url, err = core.render(t, values, o.render)
   else
-    return nil, errors.new("validation", { code = "type", field = "target",
-      message = "a target is a URL string, a template or a postback record, got " .. type(t) })
+    return nil, invalid("type", "target",
+      "a target is a URL string, a template or a postback record, got " .. type(t))
   end
   if not url then return nil, err end
-  if unchecked then return url end
+  if #url > (o.max_url or M.DEFAULTS.max_url) then
+    return nil, invalid("too_long", "url", ("postback URL is longer than max_url (%d bytes)"):format(
+      o.max_url or M.DEFAULTS.max_url))
+  end
   local ok, why = core.check_url(url)
   if not ok then
-    return nil, errors.new("validation", { code = "invalid_url", field = "url",
-      message = "postback URL " .. why, url = require("postback.client").redact_url(url) })
+    return nil, invalid("invalid_url", "url", "postback URL " .. why, util.redact_url(url))
   end
   return url
 end
 
---- The engine profile of fire options: what every GET shares.
+--- The engine options of fire options: what every GET shares.
 function M.profile(o)
   return {
     timeout = o.timeout, connect_timeout = o.connect_timeout, max_body = o.max_body,
-    follow = o.follow, insecure = o.insecure, ca_file = o.ca_file, user_agent = o.user_agent,
-    headers = o.headers,
+    max_url = o.max_url, follow = o.follow, insecure = o.insecure, ca_file = o.ca_file,
+    user_agent = o.user_agent, proxy = o.proxy ~= "env" and o.proxy or nil,
+    proxy_from_env = o.proxy == "env" or nil, headers = o.headers,
+    concurrency = o.concurrency,
   }
 end
 
---- A pump job for a rendered URL: url-only (the profile's fast path) unless
--- this postback has headers of its own, which are merged over the profile's.
+--- A job for a rendered URL: url-only (the transport's profile) unless
+-- this postback has headers of its own, merged over the profile's.
 function M.job(url, o, headers)
   if headers == nil then return { url = url } end
   local merged = {}
   for k, v in pairs(o.headers or {}) do merged[k] = v end
   for k, v in pairs(headers) do merged[k] = v end
   local req = M.profile(o)
+  req.concurrency = nil
   req.method, req.url, req.headers = "GET", url, merged
   return { req = req }
 end
@@ -173,60 +221,51 @@ local function status_ok(o, status)
   return status == okst
 end
 
---- Judges a finished attempt (the values engine:next returns).
--- Returns result, retry (boolean).
-function M.judge(o, job, status, body, raw, fail, message, seconds, sent)
-  local url = job.url or job.req.url
-  if url:find("@", 1, true) then url = require("postback.client").redact_url(url) end
-  local attempts = job.attempts
-  local r = { ok = false, attempts = attempts, url = url,
-              time = attempts == 1 and seconds or (core.now() - job.started) }
-  if fail then
-    local err
-    if fail == "refused" then
-      err = errors.new("validation", { message = message, retryable = false, sent = false })
-    else
-      err = select(2, curl.result(status, body, raw, fail, message, seconds, sent))
+--- The judge of fire attempts for the executor: a result (ok = true), or
+-- nil and an error (retryable for transport failures, 429 and 5xx).
+function M.judge(o)
+  return function(job, resp, terr)
+    local url = util.redact_url(job.url or job.req.url)
+    local now = core.now()
+    if terr then
+      terr.url, terr.method, terr.attempts = url, "GET", job.attempts
+      return nil, terr
     end
-    err.url, err.method, err.attempts = url, "GET", job.attempts
-    r.error = err
-    return r, err.retryable and true or false
-  end
-  r.status, r.body = status, body
-  if status_ok(o, status) then
-    if o.ok_body and not body:find(o.ok_body) then
-      r.error = errors.new("http", { status = status, url = url, method = "GET",
-        attempts = job.attempts, retryable = false,
-        message = "the receiver answered " .. status .. " but its body does not match ok_body" })
-      return r, false
+    local status = resp.status
+    if status_ok(o, status) then
+      local body = resp.body or ""
+      if o.ok_body and not body:find(o.ok_body) then
+        return nil, errors.new("http", { status = status, body = body, url = url, method = "GET",
+          attempts = job.attempts, retryable = false,
+          message = "the receiver answered " .. status .. " but its body does not match ok_body" })
+      end
+      return { ok = true, status = status, body = body, attempts = job.attempts, url = url,
+               time = job.attempts == 1 and resp.seconds or (now - job.started) }
     end
-    r.ok = true
-    return r, false
+    local retryable = retry.retryable("GET", status, nil, false)
+    return nil, errors.new("http", { status = status, body = resp.body, url = url, method = "GET",
+      attempts = job.attempts, retryable = retryable,
+      retry_after = retryable and retry.retry_after(curl.header(resp, "retry-after")) or nil,
+      message = "the receiver refused the postback" })
   end
-  local retryable = retry.retryable("GET", status, nil, false)
-  r.error = errors.new("http", { status = status, url = url, method = "GET",
-    attempts = job.attempts, retryable = retryable,
-    retry_after = retryable and curl.header({ raw_headers = raw }, "retry-after") or nil,
-    message = "the receiver refused the postback" })
-  return r, retryable
 end
 
---- The delay before retrying job, or nil when it must not be retried again.
-function M.retry_delay(o, job, r)
-  job.started = job.started or (core.now() - (r.time or 0))
-  local ra = r.error and retry.retry_after(r.error.retry_after)
-  return retry.next_delay({ retries = o.retries, backoff_base = o.backoff_base,
-    backoff_max = o.backoff_max, max_retry_time = o.max_retry_time }, job.attempts, job.started, ra)
+--- The result table of a job's final outcome.
+function M.result(job, value, err)
+  if value then return value end
+  local started = job.started
+  return { ok = false, status = err.status, body = err.body, attempts = job.attempts or 0,
+           url = err.url or (job.url and util.redact_url(job.url)), error = err,
+           time = started and (core.now() - started) or 0 }
 end
 
--- The cosocket transport when running inside OpenResty (or when asked for).
-local function ngx_transport(o)
-  local t = o.transport
-  if type(t) == "table" and t.fire_many then return t end
-  if t == nil and type(ngx) == "table" then
-    local ok, ngxt = pcall(require, "postback.transport.ngx")
-    if ok and ngxt.available() then return ngxt end
-  end
+--- A transport object for fire options (the libcurl engine, or the
+-- cosocket transport inside nginx, or the given one).
+function M.transport(o)
+  local mod = util.transport_module(o.transport)
+  if type(mod) == "table" and mod.new then return mod.new(M.profile(o)) end
+  if type(mod) == "table" and mod.submit then return mod end
+  return executor.sync_transport(mod, M.profile(o))
 end
 
 --- Fires many postbacks at once.
@@ -238,139 +277,95 @@ end
 function M.fire_many(items, opts)
   local it = type(items)
   if it ~= "table" and it ~= "function" then
-    argerror(1, "fire_many", "array or iterator expected, got " .. it)
+    util.argerror(1, "fire_many", "array or iterator expected, got " .. it, 2)
   end
   local o = M.options(opts, 2, "fire_many")
-  local herr = M.check_headers(o.headers)
-  if herr then return nil, herr end
-  local via = ngx_transport(o)
-  if via then return via.fire_many(items, opts) end
-  if o.on_result ~= nil and type(o.on_result) ~= "function" then
-    argerror(2, "fire_many", "option on_result must be a function")
-  end
+  if o.header_error then return nil, o.header_error end
   local on_result = o.on_result
   local results = (on_result == nil) and {} or nil
-  local cache = setmetatable({}, { __mode = "v" })
   local count = 0
 
-  local function deliver(r)
-    local i = r.index
-    r.index = nil
+  local function deliver(job, value, err)
+    local r = M.result(job, value, err)
+    local i = job.index
     if results then results[i] = r end
     if on_result then on_result(r, i) end
   end
 
-  local p
-  local plain = o.ok_status == nil and o.ok_body == nil
-  local function finish(job, status, body, raw, fail, message, seconds, sent)
-    if plain and not fail and status >= 200 and status <= 299 and job.attempts == 1
-       and not job.url:find("@", 1, true) then
-      -- The common case, without the general judge: the job table
-      -- becomes the result.
-      local i = job.index
-      job.index = nil
-      job.ok, job.status, job.body, job.time = true, status, body, seconds
-      if results then results[i] = job end
-      if on_result then on_result(job, i) end
-      return nil
-    end
-    local r, again = M.judge(o, job, status, body, raw, fail, message, seconds, sent)
-    if again then
-      local delay = M.retry_delay(o, job, r)
-      if delay then return delay end
-    end
-    r.index = job.index
-    deliver(r)
+  local ex = executor.new {
+    transport = M.transport(o), concurrency = o.concurrency, policy = o.policy,
+    per_host = o.per_host, per_host_rate = o.per_host_rate,
+    breaker = o.breaker, judge = M.judge(o), deliver = deliver, on_error = o.on_error,
+    sink = { plain = o.plain, results = results, on_result = on_result },
+  }
+
+  local function fail_item(i, err)
+    deliver({ index = i, attempts = 0 }, nil, err)
   end
 
-  -- Turns item i into a job, or delivers its error at once.
-  local render_opts = o.render
-  local function make_job(item, i)
-    if type(item) == "table" then
-      -- The common shape {url = code, values = {...}}, rendered directly.
-      local code, values = item.url, item.values
-      if type(code) == "string" and item.headers == nil and item.code == nil and type(values) == "table" then
-        local tpl = cache[code]
-        if not tpl then
-          tpl = core.template(code)
-          cache[code] = tpl
-        end
-        local url, err = tpl:render(values, render_opts)
-        if url then return { url = url, index = i } end
-        deliver({ ok = false, attempts = 0, time = 0, error = err, index = i })
-        return nil
-      end
-    end
+  -- An item the fast path does not take: rendered here.
+  local function slow_item(item, i)
     local target, values, headers = item, nil, nil
-    if type(item) == "table" and not is_template(item) and item.code == nil then
+    if type(item) == "table" and not is_template(item) and item.code == nil and item.type == nil then
       target, values, headers = item.url, item.values, item.headers
     end
-    local url, err = M.render_target(target, values, o, cache, true)
-    if not url then
-      deliver({ ok = false, attempts = 0, time = 0, error = err, index = i })
-      return nil
-    end
+    local herr = util.check_headers(headers)
+    if herr then return fail_item(i, herr) end
+    local url, err = M.render_target(target, values, o)
+    if not url then return fail_item(i, err) end
     local job = M.job(url, o, headers)
-    job.index = i
+    job.index, job.tag = i, i
     return job
   end
 
-  local len = it == "table" and #items or math.huge
-  local function source()
-    while count < len do
-      local item
-      if it == "table" then item = items[count + 1] else item = items() end
-      if item == nil then return nil end
-      count = count + 1
-      local job = make_job(item, count)
-      if job then return job end
+  local ok, perr = pcall(function()
+    if ex.fast then
+      local fs = { items = items, next = 1, render = o.render, slow = slow_item, failed = fail_item }
+      ex:set_feed(fs)
+      ex:run()
+      count = fs.next - 1
+    else
+      local len = it == "table" and #items or math.huge
+      ex.source = function()
+        while count < len do
+          local item
+          if it == "table" then item = items[count + 1] else item = items() end
+          if item == nil then return nil end
+          count = count + 1
+          local job = slow_item(item, count)
+          if job then return job end
+        end
+      end
+      ex:run()
     end
-  end
-
-  p = pump.new { concurrency = o.concurrency, per_host = o.per_host, finish = finish, source = source,
-                 profile = M.profile(o) }
-  local ok, perr = pcall(p.run, p)
-  p:close()
+  end)
+  ex:close()
   if not ok then error(perr, 0) end
   if results then return results end
   return count
 end
 
---- Fires one postback: result (ok = true), or nil, err.
+--- Fires one postback: result (ok = true), or nil, err (err.attempts,
+-- err.status and err.body tell what happened).
 function M.fire(target, values, opts)
-  if target == nil then argerror(1, "fire", "URL, template or record expected, got nil") end
-  if values ~= nil and type(values) ~= "table" then argerror(2, "fire", "table expected, got " .. type(values)) end
-  local o = M.options(opts, 3, "fire")
-  o.concurrency = 1
-  local herr = M.check_headers(o.headers)
-  if herr then return nil, herr end
-  local via = ngx_transport(o)
-  if via then
-    local r = via.fire_many({ { url = target, values = values } }, opts)[1]
-    if r.ok then return r end
-    local e = r.error
-    e.attempts, e.body, e.status = r.attempts, r.body, r.status
-    return nil, e
+  if target == nil then util.argerror(1, "fire", "URL, template or record expected, got nil", 2) end
+  if values ~= nil and type(values) ~= "table" then
+    util.argerror(2, "fire", "table expected, got " .. type(values), 2)
   end
+  local o = M.options(opts, 3, "fire")
+  if o.header_error then return nil, o.header_error end
   local url, err = M.render_target(target, values, o)
   if not url then return nil, err end
-  local result
-  local p = pump.new { concurrency = 1, profile = M.profile(o), finish = function(job, ...)
-    local r, again = M.judge(o, job, ...)
-    if again then
-      local delay = M.retry_delay(o, job, r)
-      if delay then return delay end
-    end
-    result = r
-  end }
-  p:push(M.job(url, o))
-  local ok, perr = pcall(p.run, p)
-  p:close()
-  if not ok then error(perr, 0) end
-  if result.ok then return result end
-  local e = result.error
-  e.attempts, e.body, e.status = result.attempts, result.body, result.status
-  return nil, e
+  o.concurrency = 1
+  local ex = executor.new { transport = M.transport(o), concurrency = 1, policy = o.policy,
+    judge = M.judge(o), deliver = function() end, on_error = o.on_error }
+  local job = M.job(url, o)
+  local ok, value, ferr = pcall(ex.run_job, ex, job)
+  ex:close()
+  if not ok then error(value, 0) end
+  if value then return value end
+  ferr.attempts = job.attempts
+  return nil, ferr
 end
 
 return M

@@ -5,10 +5,11 @@
 -- first use, so a script that only renders pays for nothing else.
 local core = require "postback.core"
 local errors = require "postback.errors"
+local util = require "postback.util"
 
 local M = {}
 
-M._VERSION = "postback 0.1.0"
+M._VERSION = "postback " .. util.VERSION
 
 --- Postback types.
 M.IMAGE_PIXEL = 1
@@ -23,7 +24,7 @@ for i, name in ipairs(core.MACROS) do M.MACROS[i] = name end
 M.Error = errors.mt
 
 local function argerror(n, fname, msg)
-  errors.argerror(n, fname, msg, 3)
+  util.argerror(n, fname, msg, 3)
 end
 
 local function opt_table(v, n, fname)

@@ -24,7 +24,7 @@ local M = {}
 local CHANGEABLE = { code = true, type = true, status = true }
 
 local function argerror(msg)
-  errors.argerror(1, "migrate", msg, 3)
+  require("postback.util").argerror(1, "migrate", msg, 3)
 end
 
 -- ---- journal -------------------------------------------------------------

@@ -62,14 +62,33 @@ function M.backoff(attempt, base, max)
   return math.random() * cap
 end
 
+--- The wait before retry number `attempt` (1 = the first retry), or nil
+-- when no retry is left: retry_schedule[attempt] when the policy has a
+-- schedule (seconds, e.g. {5, 300, 1800}), else exponential backoff with
+-- full jitter within `retries`. A Retry-After the receiver sent wins (never
+-- below the computed wait's floor of 0). policy = {retries=, backoff_base=,
+-- backoff_max=, retry_schedule=}
+function M.delay(policy, attempt, retry_after)
+  local d
+  if policy.retry_schedule then
+    d = policy.retry_schedule[attempt]
+    if d == nil then return nil end
+  else
+    if attempt > (policy.retries or 0) then return nil end
+    d = M.backoff(attempt, policy.backoff_base, policy.backoff_max)
+  end
+  if retry_after then d = retry_after end
+  return d
+end
+
 --- The delay before the next try, or nil when the budget is spent.
--- policy = {retries=, backoff_base=, backoff_max=, max_retry_time=}
--- attempts = tries made so far; started = monotonic time of the first try.
+-- policy = {retries=, backoff_base=, backoff_max=, max_retry_time=,
+-- retry_schedule=}; attempts = tries made so far; started = monotonic time
+-- of the first try.
 function M.next_delay(policy, attempts, started, retry_after)
-  if attempts > policy.retries then return nil end
-  local delay = M.backoff(attempts, policy.backoff_base, policy.backoff_max)
-  if retry_after then delay = retry_after end
-  if core.now() + delay - started > policy.max_retry_time then return nil end
+  local delay = M.delay(policy, attempts, retry_after)
+  if not delay then return nil end
+  if policy.max_retry_time and core.now() + delay - started > policy.max_retry_time then return nil end
   return delay
 end
 

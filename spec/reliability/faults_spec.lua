@@ -51,7 +51,7 @@ describe("reliability: every call x every fault", function()
   setup(function()
     mock = mockproc.start { network = "rel", api_key = "rel-key" }
     c = assert(postback.client(mock:client_opts { network = "rel", api_key = "rel-key",
-      retries = 3, timeout = 0.5, max_response = 1024 * 1024 }))
+      retries = 3, timeout = 0.5, max_body = 1024 * 1024 }))
   end)
 
   teardown(function()

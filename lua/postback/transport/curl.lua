@@ -1,20 +1,35 @@
---- The default transport: the C libcurl engine (blocking calls).
+--- The default transport: the C libcurl engine.
 --
--- A transport turns a request table into a response table:
---   request  {method=, url=, headers={Name=value}, body=, timeout=,
---             connect_timeout=, username=, password=, max_body=,
---             insecure=, ca_file=, user_agent=}
---   response {status=, headers={lowercase-name=value}, body=}
---   or nil, err (kind "transport" or "timeout", err.sent = false when the
---   request certainly never left this machine, err.reason = why)
--- Any function(req) with that contract can stand in (see client's `transport`).
+-- The transport contract (what the executor runs on):
+--   t:submit(job) -> true | nil, err    starts job.req (a request) or a GET
+--                                       of job.url; nil: refused, nothing sent
+--   t:wait(timeout, sink) -> n          waits at most timeout seconds for
+--                                       transfers to finish; appends each
+--                                       outcome to sink.slow and returns how
+--                                       many finished
+--   t:outcome(o) -> resp | nil, err     the response or error of an outcome
+--   t:sleep(s), t:close(), and t:wake() where another thread may add work
+-- A request is {method=, url=, headers={Name=value}, body=, timeout=,
+-- connect_timeout=, username=, password=, max_body=, max_url=, insecure=,
+-- ca_file=, user_agent=, proxy=, follow=, fresh_connect=}; a response is
+-- {status=, body=, raw_headers= (use M.header to read one), seconds=};
+-- an err has kind "transport" or "timeout", `sent` (false when the request
+-- certainly never left this machine) and `reason`.
+--
+-- This transport also has the fast path (t:feed, t:fire and sink options
+-- in t:wait): plain fires are rendered and started in C, and their 2xx
+-- answers become result tables in C (see binding/engine.c).
+--
+-- t:request(req) runs one request and blocks: the contract of a plain
+-- function transport (client's `transport` option).
 local core = require "postback.core"
 local errors = require "postback.errors"
-
-local unpack = table.unpack or unpack
+local util = require "postback.util"
 
 local M = {}
-M.__index = M
+local T = {}
+T.__index = T
+T.__name = "postback.transport.curl"
 
 --- Parses a raw header block into a table of lowercase names.
 function M.parse_headers(raw)
@@ -27,7 +42,7 @@ function M.parse_headers(raw)
   return h
 end
 
---- A response header by lowercase name, parsing the raw block on first use.
+--- A response header by lowercase name (the raw block is parsed on first use).
 function M.header(resp, name)
   local h = resp.headers
   if not h and resp.raw_headers then
@@ -37,63 +52,97 @@ function M.header(resp, name)
   return h and h[name]
 end
 
---- Turns one finished transfer (as engine:next returns it) into response or nil, err.
--- The response's headers are parsed on first use (see M.header).
-function M.result(status, body, raw_headers, fail, message, seconds, sent)
-  if fail then
-    return nil, errors.new(fail == "timeout" and "timeout" or "transport", {
-      message = message,
-      reason = fail,
-      sent = sent,
-      retryable = fail ~= "too_large" and fail ~= "tls" and fail ~= "cancelled",
-      seconds = seconds,
-    })
-  end
-  return { status = status, body = body, raw_headers = raw_headers, seconds = seconds }
+local NOT_RETRYABLE = { too_large = true, tls = true }
+
+--- The error of a failed transfer.
+function M.failure(fail, message, sent, seconds)
+  return errors.new(fail == "timeout" and "timeout" or "transport", {
+    message = message, reason = fail, sent = sent, seconds = seconds,
+    retryable = not NOT_RETRYABLE[fail],
+  })
 end
 
---- A new transport with its own engine (its own connection cache).
+--- A transport with its own engine (its own connection cache). opts: the
+-- request options every GET of t:submit{url=} and t:feed shares (timeout,
+-- connect_timeout, max_body, max_url, follow, insecure, ca_file,
+-- user_agent, proxy, proxy_from_env, headers), plus concurrency (transfers
+-- running at once; more wait in the engine), per_host and max_total
+-- (connections).
 function M.new(opts)
-  require("postback.pump").refuse_in_nginx()
+  util.refuse_in_nginx(2)
   opts = opts or {}
-  local self = setmetatable({}, M)
-  self.engine = core.engine { max_host = opts.max_host, max_total = opts.max_total }
-  self.stash = {} -- results of other transfers seen while waiting for ours
-  return self
+  local e = { max_running = opts.concurrency, max_host = opts.per_host, max_total = opts.max_total }
+  for _, k in ipairs(core.REQUEST_OPTIONS) do e[k] = opts[k] end
+  e.headers = opts.headers
+  return setmetatable({ engine = core.engine(e), sink = { slow = {} } }, T)
 end
 
---- Starts a request without waiting; returns a tag, or nil, err (nothing sent).
-function M:start(req)
-  local tag, why = self.engine:add(req)
-  if not tag then
-    return nil, errors.new("validation", { message = "request refused before sending: " .. why })
+function T:submit(job)
+  if job.req then return self.engine:add(job.req, job.tag) end
+  return self.engine:get(job.url, job.tag)
+end
+
+--- Fast path: fires up to n plain items of a source (see engine:feed).
+function T:feed(items, i, n, render)
+  return self.engine:feed(items, i, n, render)
+end
+
+--- Fast path: renders and starts one plain fire (see engine:fire).
+function T:fire(target, values, tag, render)
+  return self.engine:fire(target, values, tag, render)
+end
+
+--- Fast path: starts a GET of an already rendered URL as a plain fire.
+function T:fire_url(url, tag)
+  return self.engine:get(url, tag, true)
+end
+
+function T:wait(timeout, sink)
+  self.engine:perform(timeout or 0)
+  return self.engine:drain(sink or self.sink)
+end
+
+function T:outcome(o)
+  if o.fail then return nil, M.failure(o.fail, o.message, o.sent, o.seconds) end
+  return o
+end
+
+function T:sleep(s)
+  if s > 0 then core.sleep(s) end
+end
+
+function T:pending()
+  return self.engine:pending()
+end
+
+--- One request, blocking: response, or nil, err.
+function T:request(req)
+  local tag = (self.last_tag or 0) + 1
+  self.last_tag = tag
+  local ok, why = self.engine:add(req, tag)
+  if not ok then
+    return nil, errors.new("validation", { message = "request refused before sending: " .. why,
+      retryable = false, sent = false })
   end
-  return tag
-end
-
---- Blocking request: response or nil, err.
-function M:request(req)
-  local tag, err = self:start(req)
-  if not tag then return nil, err end
-  local engine = self.engine
+  local sink = { slow = {} }
   while true do
-    local stashed = self.stash[tag]
-    if stashed then
-      self.stash[tag] = nil
-      return M.result(unpack(stashed, 1, 7))
-    end
-    engine:perform(1)
-    while true do
-      local t, status, body, raw, fail, message, seconds, sent = engine:next(true)
-      if not t then break end
-      if t == tag then return M.result(status, body, raw, fail, message, seconds, sent) end
-      self.stash[t] = { status, body, raw, fail, message, seconds, sent }
+    self.engine:perform(1)
+    self.engine:drain(sink)
+    for i, o in ipairs(sink.slow) do
+      if o.tag == tag then
+        table.remove(sink.slow, i)
+        return self:outcome(o)
+      end
     end
   end
 end
 
-function M:close()
+function T:close()
   self.engine:close()
 end
+T.__close = T.close
+T.__gc = T.close
 
+--- Compatibility: M.request(req) on a module-level transport.
+M.T = T
 return M

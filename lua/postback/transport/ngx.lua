@@ -1,22 +1,26 @@
 --- A non-blocking transport for OpenResty / ngx_http_lua: HTTP/1.1 on
--- ngx.socket.tcp cosockets, so the API client and firing never block an
--- nginx worker.
+-- ngx.socket.tcp cosockets, so the API client, firing and the dispatcher
+-- never block an nginx worker.
 --
---   local postback = require "postback"
---   local c = postback.client { network = "n", api_key = k,
---                               transport = require "postback.transport.ngx" }
---   postback.fire_many(items, { transport = require "postback.transport.ngx" })
+-- postback picks it by itself inside a request, timer or ssl handler (see
+-- postback.util.in_nginx); it can also be given: `transport = require
+-- "postback.transport.ngx"`.
 --
--- Features: Content-Length, chunked and read-until-close bodies; a keep-alive
--- pool (setkeepalive); TLS with certificate verification (sslhandshake; give
--- nginx `lua_ssl_trusted_certificate`); connect, send and read timeouts; a
--- response size cap; the same request checks as the C engine (only http and
--- https, no CR, LF or NUL in the method, URL or headers).
+-- The executor's contract (see postback.transport.curl): submit(job) puts
+-- the job in a queue drained by a fixed pool of light threads (as many as
+-- the concurrency, spawned by the coroutine that runs the executor), each
+-- doing one request at a time on a shared keep-alive pool; wait(timeout)
+-- waits on a semaphore for their outcomes; wake() lets another coroutine
+-- (a request handler calling d:fire) wake the executor's loop.
 --
--- The blocking C engine must not be used inside a request handler: postback
--- checks `ngx.get_phase()` and refuses with an error that names this module.
+-- Requests: Content-Length, chunked and read-until-close bodies; a
+-- keep-alive pool (setkeepalive); TLS with certificate verification
+-- (sslhandshake; give nginx `lua_ssl_trusted_certificate`); connect, send
+-- and read timeouts; a response size cap; the same request checks as the C
+-- engine (only http and https, bounded sizes, no CR, LF or NUL).
 local core = require "postback.core"
 local errors = require "postback.errors"
+local util = require "postback.util"
 
 local M = {}
 M.__index = M
@@ -26,12 +30,7 @@ local POOL_SIZE = 64
 local IDLE_MS = 60000
 
 --- true when called where cosockets may yield (a request or timer handler).
-function M.available()
-  if type(ngx) ~= "table" or not ngx.socket or not ngx.get_phase then return false end
-  local phase = ngx.get_phase()
-  return phase == "rewrite" or phase == "access" or phase == "content" or phase == "timer"
-    or phase == "ssl_cert" or phase == "ssl_session_fetch"
-end
+M.available = util.in_nginx
 
 local function parse_url(url)
   local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
@@ -50,14 +49,22 @@ end
 
 local function fail(kind, message, sent, reason)
   return nil, errors.new(kind, { message = message, sent = sent, reason = reason,
-    retryable = reason ~= "too_large" and reason ~= "tls" })
+    retryable = kind ~= "validation" and reason ~= "too_large" and reason ~= "tls" })
 end
 
---- A transport object; opts.pool_size, opts.idle_timeout (seconds).
+--- A transport object. opts: the request options every GET of submit{url=}
+-- shares (timeout, connect_timeout, max_body, max_url, insecure, ca_file,
+-- user_agent, headers), concurrency (light threads; default 16), pool_size
+-- (keep-alive connections per host, default 64) and idle_timeout (seconds).
 function M.new(opts)
   opts = opts or {}
+  local profile = {}
+  for _, k in ipairs(core.REQUEST_OPTIONS) do profile[k] = opts[k] end
+  profile.headers = opts.headers
   return setmetatable({ pool_size = opts.pool_size or POOL_SIZE,
-                        idle_ms = (opts.idle_timeout or IDLE_MS / 1000) * 1000 }, M)
+                        idle_ms = (opts.idle_timeout or IDLE_MS / 1000) * 1000,
+                        profile = profile, threads_max = opts.concurrency or 16,
+                        queue = {}, qhead = 1, qtail = 0, done = {}, threads = {} }, M)
 end
 
 local function read_body(sock, headers, max)
@@ -103,8 +110,15 @@ end
 function M:request(req)
   local method, url = req.method or "GET", req.url
   if not method:match("^%u+$") then return fail("validation", "invalid method", false) end
+  local max_url = req.max_url or 16384
+  if type(url) ~= "string" then return fail("validation", "request refused before sending: no URL", false) end
+  if #url > max_url then
+    return fail("validation", ("request refused before sending: URL longer than max_url (%d bytes)"):format(max_url), false)
+  end
   local ok, why = core.check_url(url)
   if not ok then return fail("validation", "request refused before sending: URL " .. why, false) end
+  local bad_headers = util.check_headers(req.headers)
+  if bad_headers then return nil, bad_headers end
   local scheme, host, port, path, hostport = parse_url(url)
   if not scheme then return fail("validation", "request refused before sending: bad URL", false) end
 
@@ -205,83 +219,93 @@ function M:request(req)
   return { status = status, headers = headers, body = data }
 end
 
---- Fires many postbacks from light threads (ngx.thread.spawn), with the
--- same options and results as postback.fire_many: concurrency bounds the
--- threads; retries, backoff (ngx.sleep) and ok_status/ok_body as usual.
-function M.fire_many(items, opts)
-  local fire = require "postback.fire"
-  local o = fire.options(opts, 2, "fire_many")
-  local transport = M.new()
-  local results = o.on_result == nil and {} or nil
-  local count = 0
-  local it = type(items)
-  local len = it == "table" and #items or math.huge
-  local cache = setmetatable({}, { __mode = "v" })
+-- ---- the executor's contract ------------------------------------------------
 
-  local function next_item()
-    if count >= len then return nil end
-    local item
-    if it == "table" then item = items[count + 1] else item = items() end
-    if item == nil then return nil end
-    count = count + 1
-    return item, count
-  end
+local semaphore
 
-  local function deliver(r, i)
-    if results then results[i] = r end
-    if o.on_result then o.on_result(r, i) end
-  end
+local function sema()
+  semaphore = semaphore or require "ngx.semaphore"
+  return semaphore.new(0)
+end
 
-  local function one(item, i)
-    local target, values, headers = item, nil, nil
-    if type(item) == "table" and item.code == nil and (item.url or item.values) then
-      target, values, headers = item.url, item.values, item.headers
+-- The request of a url-only job: the profile with its URL.
+function M:profile_request(url)
+  local req = {}
+  for k, v in pairs(self.profile) do req[k] = v end
+  req.method, req.url = "GET", url
+  return req
+end
+
+local function worker(self)
+  while not self.closed do
+    local job
+    if self.qhead <= self.qtail then
+      job = self.queue[self.qhead]
+      self.queue[self.qhead] = nil
+      self.qhead = self.qhead + 1
     end
-    local url, err = fire.render_target(target, values, o, cache)
-    if not url then return deliver({ ok = false, attempts = 0, time = 0, error = err }, i) end
-    local merged = {}
-    for k, v in pairs(o.headers or {}) do merged[k] = v end
-    for k, v in pairs(headers or {}) do merged[k] = v end
-    local req = { method = "GET", url = url, headers = merged, timeout = o.timeout,
-                  connect_timeout = o.connect_timeout, max_body = o.max_body,
-                  insecure = o.insecure, user_agent = o.user_agent }
-    local job = { url = url, attempts = 0 }
-    while true do
-      job.attempts = job.attempts + 1
+    if job then
       local t0 = ngx.now()
-      local resp, terr = transport:request(req)
-      local r, again
-      if resp then
-        local raw = {}
-        for k, v in pairs(resp.headers) do raw[#raw + 1] = k .. ": " .. v end
-        r, again = fire.judge(o, job, resp.status, resp.body, table.concat(raw, "\r\n"), nil, nil, ngx.now() - t0, true)
-      else
-        local reason = terr.reason or (terr.kind == "timeout" and "timeout") or "transport"
-        if terr.kind == "validation" then reason = "refused" end
-        r, again = fire.judge(o, job, 0, "", "", reason, terr.message, ngx.now() - t0, terr.sent)
+      local ok, resp, err = pcall(self.request, self, job.req or self:profile_request(job.url))
+      if not ok then
+        resp, err = nil, errors.new("transport", { message = "request raised: " .. tostring(resp) })
       end
-      local delay = again and fire.retry_delay(o, job, r)
-      if not delay then return deliver(r, i) end
-      ngx.sleep(delay)
+      if resp then resp.seconds = ngx.now() - t0 end
+      self.done[#self.done + 1] = { tag = job.tag, resp = resp, err = err }
+      self.events:post(1)
+    else
+      self.idle = self.idle + 1
+      self.work:wait(1)
+      self.idle = self.idle - 1
     end
   end
+end
 
-  local function worker()
-    while true do
-      local item, i = next_item()
-      if item == nil then return end
-      one(item, i)
-    end
+function M:submit(job)
+  if not self.events then
+    self.events, self.work, self.idle = sema(), sema(), 0
   end
+  self.qtail = self.qtail + 1
+  self.queue[self.qtail] = job
+  if self.idle > 0 then
+    self.work:post(1)
+  elseif #self.threads < self.threads_max then
+    self.threads[#self.threads + 1] = ngx.thread.spawn(worker, self)
+  end
+  return true
+end
 
-  local threads = {}
-  for k = 1, o.concurrency do threads[k] = ngx.thread.spawn(worker) end
-  for k = 1, #threads do
-    local ok, err = ngx.thread.wait(threads[k])
-    if not ok then error(err, 0) end
+function M:wait(timeout, sink)
+  if #self.done == 0 and timeout and timeout > 0 and self.events then
+    self.events:wait(timeout)
   end
-  if results then return results end
-  return count
+  local n = #self.done
+  for i = 1, n do
+    sink.slow[#sink.slow + 1] = self.done[i]
+    self.done[i] = nil
+  end
+  return n
+end
+
+function M.outcome(_, o)
+  return o.resp, o.err
+end
+
+--- Wakes a wait (another coroutine queued work).
+function M:wake()
+  if self.events then self.events:post(1) end
+end
+
+function M:sleep(s)
+  if s <= 0 then return end
+  if self.events then self.events:wait(s) else ngx.sleep(s) end
+end
+
+function M:close()
+  if self.closed then return end
+  self.closed = true
+  for _, th in ipairs(self.threads) do ngx.thread.kill(th) end
+  self.threads = {}
 end
 
 return M
