@@ -209,7 +209,12 @@ int pb_value_format(pb_buf *out, const pb_value *v, int encode)
         break;
     case PB_V_FLOAT:
         if (!isfinite(v->d)) return PB_RERR_NONFINITE;
-        n = snprintf(tmp, sizeof tmp, "%.14g", v->d);
+        /* An integral float up to 2^53 is an integer a JSON decoder handed
+         * over (Lua 5.4's cjson gives 123456789012345.0): all its digits. */
+        if (fabs(v->d) <= 9007199254740992.0 && v->d == floor(v->d))
+            n = snprintf(tmp, sizeof tmp, "%.0f", v->d);
+        else
+            n = snprintf(tmp, sizeof tmp, "%.14g", v->d);
         break;
     case PB_V_BOOL:
         return pb_buf_puts(out, v->i ? "true" : "false");
