@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "json.h"
 #include "macros.h"
 #include "suggest.h"
 #include "template.h"
@@ -104,7 +105,7 @@ static int check_int(ctx *c, const pb_record *r, const pb_validate_opts *o, int 
 {
     const pb_field *f = &r->f[fld];
     const char *name = pb_field_names[fld];
-    char got[32];
+    char got[PB_JSON_NUMBER_MAX];
     if (f->kind == PB_F_ABSENT) {
         if (required && !o->partial) ADD(c, fld, PB_E_REQUIRED, "%s is required", name);
         return 0;
@@ -117,7 +118,7 @@ static int check_int(ctx *c, const pb_record *r, const pb_validate_opts *o, int 
                 *out = (long long)f->d;
                 return 1;
             }
-            snprintf(got, sizeof got, "%.17g", f->d);
+            pb_json_format_double(got, f->d); /* the shortest form that reads back */
             range_error(c, fld, min, max, got);
             return 0;
         }
