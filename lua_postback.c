@@ -18,8 +18,10 @@
 #include "core/clock.h"
 #include "core/encode.h"
 #include "core/engine.h"
+#include "core/json.h"
 #include "core/macros.h"
 #include "core/spool.h"
+#include "core/suggest.h"
 #include "core/template.h"
 #include "core/url.h"
 #include "core/validate.h"
@@ -37,6 +39,7 @@
 #include "binding/engine.c"   /* engine() */
 #include "binding/spool.c"    /* spool_open(), spool_check(), spool_rewrite() */
 #include "binding/clock.c"    /* now(), time(), sleep() */
+#include "binding/json.c"     /* json_encode() */
 
 #if defined(_WIN32)
 #define PB_EXPORT __declspec(dllexport)
@@ -62,5 +65,6 @@ PB_EXPORT int luaopen_postback_core(lua_State *L)
     open_engine(L);
     open_spool(L);
     open_clock(L);
+    open_json(L);
     return 1;
 }

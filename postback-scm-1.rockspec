@@ -34,8 +34,8 @@ build = {
     ["postback.core"] = {
       sources = {
         "lua_postback.c",
-        "core/buf.c", "core/clock.c", "core/encode.c", "core/engine.c",
-        "core/macros.c", "core/spool.c", "core/template.c", "core/url.c",
+        "core/buf.c", "core/clock.c", "core/encode.c", "core/engine.c", "core/json.c",
+        "core/macros.c", "core/spool.c", "core/suggest.c", "core/template.c", "core/url.c",
         "core/validate.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L" },

@@ -11,8 +11,7 @@ extern const char *const pb_macro_names[PB_NMACROS];
 
 /* Index of a documented macro name, or -1. Case-sensitive (the names are lowercase). */
 int pb_macro_index(const char *name, size_t len);
-/* The documented name closest to `name` (edit distance <= 2, or the same
- * name in another case), or -1 when none is close. */
-int pb_macro_suggest(const char *name, size_t len);
+/* Suggestions for a misspelt name: pb_suggest(name, len, pb_macro_names,
+ * PB_NMACROS) in suggest.h. */
 
 #endif

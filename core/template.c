@@ -268,7 +268,14 @@ int pb_value_format(pb_buf *out, const pb_value *v, int encode)
         break;
     case PB_V_FLOAT:
         if (!isfinite(v->d)) return PB_RERR_NONFINITE;
-        n = format_float(tmp, sizeof tmp, v->d);
+        /* An integral float up to 2^53 is an integer a JSON decoder handed
+         * over (Lua 5.4's cjson gives 123456789012345.0): all its digits. */
+        if (fabs(v->d) <= 9007199254740992.0 && v->d == floor(v->d) && !(v->d == 0 && signbit(v->d))) {
+            p = format_int(tmp + sizeof tmp, (long long)v->d);
+            n = (int)(tmp + sizeof tmp - p);
+        } else {
+            n = format_float(tmp, sizeof tmp, v->d);
+        }
         break;
     case PB_V_BOOL:
         return pb_buf_puts(out, v->i ? "true" : "false");

@@ -1,12 +1,15 @@
 /* validate.c - postback record validation, every problem collected. */
 #include "validate.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "buf.h"
+#include "json.h"
 #include "macros.h"
+#include "suggest.h"
 #include "template.h"
 #include "url.h"
 
@@ -83,17 +86,42 @@ static const char *kind_name(const pb_field *f)
     }
 }
 
+/* The range problem of an integer field: ids and times name the bound 2^53 - 1
+ * (the largest integer every JSON reader keeps exact). `got` is the value
+ * as written for the message. */
+static void range_error(ctx *c, int fld, long long min, long long max, const char *got)
+{
+    const char *name = pb_field_names[fld];
+    if (max == PB_MAX_ID)
+        ADD(c, fld, PB_E_RANGE, "%s must be an integer from %lld to %lld, got %s", name, min, max,
+            got);
+    else
+        ADD(c, fld, PB_E_RANGE, "%s must be between %lld and %lld, got %s", name, min, max, got);
+}
+
 /* Checks an integer field; returns 1 with *out set when it is a valid one. */
 static int check_int(ctx *c, const pb_record *r, const pb_validate_opts *o, int fld,
                      int required, long long min, long long max, long long *out)
 {
     const pb_field *f = &r->f[fld];
     const char *name = pb_field_names[fld];
+    char got[PB_JSON_NUMBER_MAX];
     if (f->kind == PB_F_ABSENT) {
         if (required && !o->partial) ADD(c, fld, PB_E_REQUIRED, "%s is required", name);
         return 0;
     }
     if (f->kind == PB_F_NUMBER) {
+        /* An integral number too large for a long long is an integer out of
+         * range, not a fraction. */
+        if (isfinite(f->d) && f->d == floor(f->d)) {
+            if (f->d >= (double)min && f->d <= (double)max) {
+                *out = (long long)f->d;
+                return 1;
+            }
+            pb_json_format_double(got, f->d); /* the shortest form that reads back */
+            range_error(c, fld, min, max, got);
+            return 0;
+        }
         ADD(c, fld, PB_E_TYPE, "%s must be an integer, got %.14g", name, f->d);
         return 0;
     }
@@ -102,11 +130,8 @@ static int check_int(ctx *c, const pb_record *r, const pb_validate_opts *o, int 
         return 0;
     }
     if (f->i < min || f->i > max) {
-        if (max == PB_MAX_ID)
-            ADD(c, fld, PB_E_RANGE, "%s must be an integer >= %lld, got %lld", name, min, f->i);
-        else
-            ADD(c, fld, PB_E_RANGE, "%s must be between %lld and %lld, got %lld", name, min, max,
-                f->i);
+        snprintf(got, sizeof got, "%lld", f->i);
+        range_error(c, fld, min, max, got);
         return 0;
     }
     *out = f->i;
@@ -188,7 +213,7 @@ static int check_code(ctx *c, const pb_record *r, const pb_validate_opts *o, int
         pb_verror *e;
         int s;
         if (nm->doc >= 0) continue;
-        s = pb_macro_suggest(name, nm->len);
+        s = pb_suggest(name, nm->len, pb_macro_names, PB_NMACROS);
         if (s >= 0)
             e = ADD(c, PB_FLD_CODE, PB_E_UNKNOWN_MACRO,
                     "code uses {%.*s}, which is not a documented macro (did you mean {%s}?)",
@@ -258,9 +283,17 @@ long pb_validate(const pb_record *r, const pb_validate_opts *o, pb_verror *errs,
     check_int(&c, r, o, PB_FLD_CREATE_TIME, 0, 0, PB_MAX_ID, &tm);
     check_int(&c, r, o, PB_FLD_UPDATE_TIME, 0, 0, PB_MAX_ID, &tm);
 
-    for (i = 0; i < r->nunknown; i++)
-        add(&c, PB_FIELD_OTHER, r->unknown[i], r->unknown_len[i], PB_E_UNKNOWN_FIELD,
-            "%.*s is not a postback field", r->unknown_len[i] > 48 ? 48 : (int)r->unknown_len[i],
-            r->unknown[i]);
+    for (i = 0; i < r->nunknown; i++) {
+        const char *name = r->unknown[i];
+        size_t len = r->unknown_len[i];
+        int shown = len > 48 ? 48 : (int)len;
+        int s = pb_suggest(name, len, pb_field_names, PB_NFIELDS);
+        if (s >= 0)
+            add(&c, PB_FIELD_OTHER, name, len, PB_E_UNKNOWN_FIELD,
+                "%.*s is not a postback field (did you mean %s?)", shown, name, pb_field_names[s]);
+        else
+            add(&c, PB_FIELD_OTHER, name, len, PB_E_UNKNOWN_FIELD, "%.*s is not a postback field",
+                shown, name);
+    }
     return c.n;
 }

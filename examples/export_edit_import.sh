@@ -14,7 +14,7 @@ trap 'rm -f "$file" "$file.new"' EXIT
 
 postback export "$file"
 echo "exported $(wc -l < "$file") postbacks"
-# the edit: every http:// postback becomes https://
-sed 's#"code":"http:\\/\\/#"code":"https:\\/\\/#' "$file" > "$file.new"
+# the edit: every http:// postback becomes https:// (export writes "/" as it is)
+sed 's#"code":"http://#"code":"https://#' "$file" > "$file.new"
 echo "import: $(postback import "$file.new")"
 echo "again:  $(postback import "$file.new")"

@@ -33,8 +33,7 @@
 -- content_type), reset_before, reset_after, slow (delay), malformed,
 -- truncated, oversized (size), content_type, html (status).
 local socket = require "socket"
-local cjson = require("cjson.safe").new()
-cjson.encode_sparse_array(true)
+local cjson = require("cjson.safe").new() -- decoding only: see encode below
 
 local M = {}
 
@@ -99,9 +98,85 @@ local function normalize(v)
   return v
 end
 
-local function encode(v)
-  return assert(cjson.encode(v))
+-- JSON out. lua-cjson 2.1 writes numbers with 14 significant digits
+-- (123456789012345 -> 1.2345678901234e+14), which would change ids of 15 and
+-- 16 digits: the mock writes its JSON itself. Integers (and integral floats up
+-- to 2^53) in plain digits, other floats with 17 digits; arrays are tables
+-- whose keys are exactly 1..n, anything else an object ({} when empty).
+local math_type = math.type
+local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f", ["\n"] = "\\n",
+                  ["\r"] = "\\r", ["\t"] = "\\t" }
+local function escape_char(c)
+  return ESCAPES[c] or ("\\u%04x"):format(c:byte())
 end
+
+local function json_number(x)
+  if math_type and math_type(x) == "integer" then return ("%d"):format(x) end
+  if x ~= x or x == math.huge or x == -math.huge then error("cannot encode " .. tostring(x), 0) end
+  if x == math.floor(x) and x >= -2 ^ 53 and x <= 2 ^ 53 then return ("%.0f"):format(x) end
+  return (("%.17g"):format(x):gsub(",", "."))
+end
+
+local function json_string(s)
+  if s:find('[%c"\\]') then s = s:gsub('[%c"\\]', escape_char) end
+  return '"' .. s .. '"'
+end
+
+local function json_write(v, out, depth)
+  local t = type(v)
+  if v == nil or v == cjson.null then
+    out[#out + 1] = "null"
+  elseif t == "boolean" then
+    out[#out + 1] = v and "true" or "false"
+  elseif t == "number" then
+    out[#out + 1] = json_number(v)
+  elseif t == "string" then
+    out[#out + 1] = json_string(v)
+  elseif t == "table" then
+    if depth > 64 then error("cannot encode tables nested this deep", 0) end
+    local n, max = 0, 0
+    for k in pairs(v) do
+      n = n + 1
+      if max and type(k) == "number" and k >= 1 and k == math.floor(k) then
+        if k > max then max = k end
+      else
+        max = nil
+      end
+    end
+    if n == 0 then
+      out[#out + 1] = "{}"
+    elseif max == n then -- the keys are exactly 1..n
+      out[#out + 1] = "["
+      for i = 1, n do
+        if i > 1 then out[#out + 1] = "," end
+        json_write(v[i], out, depth + 1)
+      end
+      out[#out + 1] = "]"
+    else
+      out[#out + 1] = "{"
+      local first = true
+      for k, x in pairs(v) do
+        if not first then out[#out + 1] = "," end
+        first = false
+        if type(k) == "number" then k = json_number(k) end
+        if type(k) ~= "string" then error("cannot encode a " .. type(k) .. " key", 0) end
+        out[#out + 1] = json_string(k)
+        out[#out + 1] = ":"
+        json_write(x, out, depth + 1)
+      end
+      out[#out + 1] = "}"
+    end
+  else
+    error("cannot encode a " .. t, 0)
+  end
+end
+
+local function encode(v)
+  local out = {}
+  json_write(v, out, 1)
+  return table.concat(out)
+end
+M.encode = encode
 
 -- ---- the server ----------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 -- The mock Offerslook itself: what the other specs rely on, and what users
 -- of the sandbox see.
 local mockproc = require "mockproc"
+local testenv = require "testenv"
 local socket = require "socket"
 local cjson = require("cjson.safe")
 
@@ -71,6 +72,39 @@ describe("mock Offerslook", function()
     slow:settimeout(5)
     assert.matches("^HTTP/1%.1 200", slow:receive("*l"))
     slow:close()
+  end)
+
+  it("writes JSON with integers exact up to 2^53-1, on this interpreter too", function()
+    local encode = dofile("mock/offerslook.lua").encode
+    local decode = require("cjson.safe").new().decode
+    math.randomseed(53)
+    for _ = 1, testenv.slow and 500 or 5000 do
+      local x = math.random(0, 2 ^ 26 - 1) * 2 ^ 27 + math.random(0, 2 ^ 27 - 1)
+      if math.tointeger then x = math.tointeger(x) end
+      local text = encode { affiliate_id = x, payout = x / 7 }
+      assert.truthy(text:find('"affiliate_id":' .. ("%.0f"):format(x) .. "[,}]"), text)
+      local back = decode(text)
+      assert.are.equal(x, back.affiliate_id)
+      assert.are.equal(x / 7, back.payout)
+    end
+    local bytes = {}
+    for b = 0, 255 do bytes[#bytes + 1] = string.char(b) end
+    local s = table.concat(bytes)
+    assert.are.equal(s, decode(encode { s })[1])
+    assert.are.equal("[1,2,3]", encode { 1, 2, 3 })
+    assert.are.equal("{}", encode {})
+    assert.are.same({ ["2"] = 1, ["5"] = 2 }, decode(encode { [2] = 1, [5] = 2 }))
+    assert.has_error(function() encode { f = print } end, "cannot encode a function")
+
+    -- the mock running under the interpreter of this suite
+    local m = mockproc.start { lua = testenv.lua }
+    local status, text = mockproc.http(m.port, "POST", "/v1/affiliate_postbacks",
+      '{"offer_id":0,"affiliate_id":1234567890123456,"event_id":9007199254740991,"type":2,'
+      .. '"code":"https://t.example/x"}', AUTH)
+    m:stop()
+    assert.equal(200, status, text)
+    assert.truthy(text:find('"affiliate_id":1234567890123456[,}]'), text)
+    assert.truthy(text:find('"event_id":9007199254740991[,}]'), text)
   end)
 
   it("keeps its state in a file across a restart", function()

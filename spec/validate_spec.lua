@@ -255,6 +255,33 @@ describe("postback.validate integer fields", function()
     end
   end)
 
+  it("names the bound 2^53-1 in its message, for integers and floats", function()
+    for _, b in ipairs(BOUNDS) do
+      local name, min = b[1], b[2]
+      local function message(v)
+        local ok, errs = validate(rec({ [name] = v }))
+        assert.is_false(ok)
+        assert.are.equal(1, #errs)
+        assert.are.equal("range", errs[1].code)
+        assert.are.equal(name, errs[1].field)
+        return errs[1].message
+      end
+      local head = ("%s must be an integer from %d to 9007199254740991, got "):format(name, min)
+      assert.are.equal(head .. "9007199254740992", message(2 ^ 53))
+      assert.are.equal(head .. "10000000000000000", message(1e16))
+      assert.are.equal(head .. "1e+19", message(1e19)) -- past a 64-bit integer: still range
+      assert.are.equal(head .. "-1e+300", message(-1e300))
+      assert.are.equal(head .. ("%d"):format(min - 1), message(min - 1))
+      if F.has_integers then
+        assert.are.equal(head .. "9007199254740992", message(MAX + 1))
+        assert.are.equal(head .. "9223372036854775807", message(math.maxinteger))
+      end
+      -- 15 and 16 digits are fine, as integers and as decoded floats
+      assert.are.same({}, (problems(rec({ [name] = 123456789012345 }))), name)
+      assert.are.same({}, (problems(rec({ [name] = 1234567890123456.0 }))), name)
+    end
+  end)
+
   it("checks type is 1..3", function()
     for typ = 1, 3 do assert_ok(rec({}, typ)) end
     assert.are.same({ "type:range" }, (problems(rec({ type = 0 }))))
@@ -441,6 +468,28 @@ describe("postback.validate unknown fields", function()
     assert.are.same({ "conversion_protocol:unknown_field" },
       (problems(rec({ conversion_protocol = 2 }))))
     assert.are.same({ "Type:unknown_field" }, (problems(rec({ Type = 2 }))))
+  end)
+
+  it("suggests the field meant, as for macros", function()
+    local cases = {
+      affilate_id = "affilate_id is not a postback field (did you mean affiliate_id?)",
+      ofer_id = "ofer_id is not a postback field (did you mean offer_id?)",
+      Type = "Type is not a postback field (did you mean type?)",
+      EVENT_ID = "EVENT_ID is not a postback field (did you mean event_id?)",
+      stauts = "stauts is not a postback field (did you mean status?)",
+      creat_time = "creat_time is not a postback field (did you mean create_time?)",
+      foo = "foo is not a postback field",
+      conversion_protocol = "conversion_protocol is not a postback field",
+    }
+    for key, message in pairs(cases) do
+      local ok, errs = validate(rec({ [key] = 1 }))
+      assert.is_false(ok)
+      assert.are.same({ field = key, code = "unknown_field", message = message }, errs[1])
+    end
+    -- the same function as the macros use
+    local _, errs = validate(rec({ code = "https://t.example/p?c={clik_id}" }))
+    assert.are.equal("code uses {clik_id}, which is not a documented macro (did you mean {click_id}?)",
+      errs[1].message)
   end)
 
   it("names non-string keys like [5]", function()

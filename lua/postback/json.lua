@@ -1,18 +1,22 @@
---- JSON at the edge: a private lua-cjson instance and integer normalisation.
+--- JSON at the edge: our own exact encoder, lua-cjson to decode, integer
+-- normalisation.
 --
--- A private instance (cjson.safe.new) so our settings never change the
--- application's cjson. Debian's lua-cjson under Lua 5.3/5.4 decodes every
--- number as a float (8 -> 8.0); `integers` turns the integral ones of the
--- fields we know to be integers back into Lua integers.
+-- Encoding is core.json_encode (binding/json.c): lua-cjson 2.1 writes numbers
+-- with 14 significant digits (123456789012345 -> 1.2345678901234e+14), while
+-- ids must go out exactly. Integers (and integral floats up to 2^53) are
+-- written in plain digits, other floats so that they read back the same.
+-- Decoding is a private lua-cjson instance (cjson.safe.new), so our settings
+-- never change the application's cjson. Debian's lua-cjson under Lua 5.3/5.4
+-- decodes every number as a float (8 -> 8.0), exact up to 2^53; `integers`
+-- turns the integral ones of the fields we know to be integers back into Lua
+-- integers.
 local cjson_safe = require "cjson.safe"
+local core = require "postback.core"
 
 local M = {}
 
 local codec = cjson_safe.new()
 codec.decode_max_depth(64)
-codec.encode_max_depth(64)
-codec.encode_invalid_numbers(false)
-codec.encode_sparse_array(false)
 
 M.null = codec.null
 
@@ -22,10 +26,12 @@ local tointeger = math.tointeger or function(x)
 end
 M.tointeger = tointeger
 
---- Encodes a Lua value; returns string or nil, message.
-function M.encode(v)
-  return codec.encode(v)
-end
+--- Encodes a Lua value; returns string or nil, message (a function, a
+-- userdata, NaN or an infinity, an excessively sparse array or tables nested
+-- deeper than 64, with the path of the value: "cannot encode a function at
+-- values.cb"). Arrays and objects as lua-cjson decides them; {} for an empty
+-- table; M.null is null.
+M.encode = core.json_encode
 
 --- Decodes a JSON text; returns value or nil, message.
 function M.decode(s)

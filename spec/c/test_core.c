@@ -20,7 +20,9 @@
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/encode.h"
+#include "core/json.h"
 #include "core/macros.h"
+#include "core/suggest.h"
 #include "core/template.h"
 #include "core/url.h"
 #include "core/validate.h"
@@ -1129,6 +1131,12 @@ static void t_format_floats(void)
     fcase(vflt(2.0 / 3.0), PB_ENCODE_URL, PB_OK, "0.66666666666667");
     fcase(vflt(1e-7), PB_ENCODE_URL, PB_OK, "1e-07");
     fcase(vflt(1e-7), PB_ENCODE_NONE, PB_OK, "1e-07");
+    /* integral floats up to 2^53 (JSON-decoded integers): every digit */
+    fcase(vflt(123456789012345.0), PB_ENCODE_NONE, PB_OK, "123456789012345");
+    fcase(vflt(1234567890123456.0), PB_ENCODE_URL, PB_OK, "1234567890123456");
+    fcase(vflt(9007199254740991.0), PB_ENCODE_NONE, PB_OK, "9007199254740991");
+    fcase(vflt(-9007199254740992.0), PB_ENCODE_NONE, PB_OK, "-9007199254740992");
+    fcase(vflt(9007199254740994.0), PB_ENCODE_NONE, PB_OK, "9.007199254741e+15");
     fcase(vflt(123456789012345678.0), PB_ENCODE_NONE, PB_OK, "1.2345678901235e+17");
     fcase(vflt(123456789012345678.0), PB_ENCODE_URL, PB_OK, "1.2345678901235e%2B17");
     fcase(vflt(-1.7976931348623157e308), PB_ENCODE_NONE, PB_OK, "-1.7976931348623e+308");
@@ -1150,6 +1158,246 @@ static void t_format_other(void)
     fcase(vstr("a b"), PB_ENCODE_NONE, PB_OK, "a b");
     fcase(vbad(), PB_ENCODE_URL, PB_RERR_BADTYPE, NULL);
     fcase(vnone(), PB_ENCODE_URL, PB_RERR_BADTYPE, NULL); /* NONE is the renderer's business */
+}
+
+/* ==== JSON numbers and strings =============================================== */
+
+/* A deterministic generator for the random round trips. */
+static unsigned long long rng_next(unsigned long long *st)
+{
+    unsigned long long x = *st;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *st = x;
+}
+
+/* 1 when s is a number as RFC 8259's grammar writes it. */
+static int json_number_ok(const char *s)
+{
+    if (*s == '-') s++;
+    if (*s == '0') {
+        s++;
+    } else if (*s >= '1' && *s <= '9') {
+        while (*s >= '0' && *s <= '9') s++;
+    } else {
+        return 0;
+    }
+    if (*s == '.') {
+        s++;
+        if (!(*s >= '0' && *s <= '9')) return 0;
+        while (*s >= '0' && *s <= '9') s++;
+    }
+    if (*s == 'e' || *s == 'E') {
+        s++;
+        if (*s == '+' || *s == '-') s++;
+        if (!(*s >= '0' && *s <= '9')) return 0;
+        while (*s >= '0' && *s <= '9') s++;
+    }
+    return *s == '\0';
+}
+
+static void jint(long long v, const char *exp)
+{
+    char out[PB_JSON_NUMBER_MAX];
+    size_t n = pb_json_format_int(out, v);
+    CHECK_MEM(out, n, exp, strlen(exp));
+    CHECK_INT(out[n], 0);
+}
+
+static void jdbl(double d, const char *exp)
+{
+    char out[PB_JSON_NUMBER_MAX];
+    size_t n = pb_json_format_double(out, d);
+    CHECK_MEM(out, n, exp, strlen(exp));
+    if (n) CHECK(json_number_ok(out));
+}
+
+static void t_json_ints(void)
+{
+    unsigned long long st = 0x9E3779B97F4A7C15ULL;
+    char out[PB_JSON_NUMBER_MAX], ref[32];
+    int i, bad = 0;
+    jint(0, "0");
+    jint(7, "7");
+    jint(-1, "-1");
+    jint(10, "10");
+    jint(9007199254740991LL, "9007199254740991");
+    jint(-9007199254740991LL, "-9007199254740991");
+    jint(123456789012345LL, "123456789012345");
+    jint(LLONG_MAX, "9223372036854775807");
+    jint(LLONG_MIN, "-9223372036854775808");
+    for (i = 0; i < 100000; i++) {
+        long long v = (long long)rng_next(&st) >> (rng_next(&st) % 64);
+        size_t n = pb_json_format_int(out, v);
+        snprintf(ref, sizeof ref, "%lld", v);
+        if (strlen(ref) != n || strcmp(out, ref) != 0) {
+            if (!bad++) diagf("  %lld written as %s", v, out);
+        }
+    }
+    CHECK_INT(bad, 0);
+}
+
+static void t_json_doubles(void)
+{
+    unsigned long long st = 0xD1B54A32D192ED03ULL;
+    char out[PB_JSON_NUMBER_MAX];
+    int i, bad = 0;
+    /* integral values up to 2^53: digits, never an exponent */
+    jdbl(0.0, "0");
+    jdbl(-0.0, "0");
+    jdbl(8.0, "8");
+    jdbl(-8.0, "-8");
+    jdbl(123456789012345.0, "123456789012345");
+    jdbl(1234567890123456.0, "1234567890123456");
+    jdbl(9007199254740991.0, "9007199254740991");
+    jdbl(9007199254740992.0, "9007199254740992");
+    jdbl(-9007199254740992.0, "-9007199254740992");
+    jdbl(1e15, "1000000000000000");
+    /* beyond 2^53, and fractions: the shortest form that reads back */
+    jdbl(9007199254740994.0, "9007199254740994");
+    jdbl(1e17, "1e+17");
+    jdbl(0.1, "0.1");
+    jdbl(1.25, "1.25");
+    jdbl(-2.5, "-2.5");
+    jdbl(1.0 / 3.0, "0.3333333333333333");
+    jdbl(2.0 / 3.0, "0.6666666666666666");
+    jdbl(0.1 + 0.2, "0.30000000000000004");
+    jdbl(1e-7, "1e-07");
+    jdbl(1e300, "1e+300");
+    jdbl(-1.7976931348623157e308, "-1.7976931348623157e+308");
+    jdbl(4.9406564584124654e-324, "4.94065645841247e-324"); /* 15 digits read back */
+    jdbl(123456789012345.5, "123456789012345.5");
+    /* no JSON form */
+    jdbl(NAN, "");
+    jdbl(-NAN, "");
+    jdbl(INFINITY, "");
+    jdbl(-INFINITY, "");
+    /* any double: valid JSON that reads back as the same double */
+    for (i = 0; i < 200000; i++) {
+        unsigned long long bits = rng_next(&st);
+        double d;
+        size_t n;
+        if (i % 2) bits = (bits >> 12) | 0x4330000000000000ULL; /* often 2^52..2^53 */
+        memcpy(&d, &bits, sizeof d);
+        if (i % 5 == 0) d = (double)(long long)(bits >> (bits % 50)); /* integers */
+        n = pb_json_format_double(out, d);
+        if (!isfinite(d)) {
+            if (n != 0 && !bad++) diagf("  non-finite written as %s", out);
+            continue;
+        }
+        if (n == 0 || !json_number_ok(out) || strtod(out, NULL) != d ||
+            (fabs(d) <= 9007199254740992.0 && d == floor(d) && strpbrk(out, ".eE"))) {
+            if (!bad++) diagf("  %.17g written as %s", d, out);
+        }
+    }
+    CHECK_INT(bad, 0);
+}
+
+/* Reads back a JSON string as pb_json_string writes it (the test's own
+ * reader: \" \\ \/ \b \f \n \r \t \u00XX); returns the length or -1. */
+static long json_unquote(const char *s, size_t n, char *out)
+{
+    size_t i = 1;
+    long k = 0;
+    if (n < 2 || s[0] != '"' || s[n - 1] != '"') return -1;
+    while (i < n - 1) {
+        unsigned char c = (unsigned char)s[i++];
+        if (c < 0x20 || c == 0x7f || c == '"') return -1; /* must have been escaped */
+        if (c != '\\') {
+            out[k++] = (char)c;
+            continue;
+        }
+        if (i >= n - 1) return -1;
+        c = (unsigned char)s[i++];
+        switch (c) {
+        case '"': out[k++] = '"'; break;
+        case '\\': out[k++] = '\\'; break;
+        case '/': out[k++] = '/'; break;
+        case 'b': out[k++] = '\b'; break;
+        case 'f': out[k++] = '\f'; break;
+        case 'n': out[k++] = '\n'; break;
+        case 'r': out[k++] = '\r'; break;
+        case 't': out[k++] = '\t'; break;
+        case 'u':
+            if (i + 4 > n - 1 || s[i] != '0' || s[i + 1] != '0' || pb_hexval((unsigned char)s[i + 2]) < 0 ||
+                pb_hexval((unsigned char)s[i + 3]) < 0)
+                return -1;
+            out[k++] = (char)(pb_hexval((unsigned char)s[i + 2]) * 16 + pb_hexval((unsigned char)s[i + 3]));
+            i += 4;
+            break;
+        default: return -1;
+        }
+    }
+    return k;
+}
+
+static void jstr(const char *s, size_t n, const char *exp)
+{
+    pb_buf b;
+    pb_buf_init(&b, NULL);
+    CHECK_INT(pb_json_string(&b, s, n), PB_OK);
+    CHECK_MEM(b.data, b.len, exp, strlen(exp));
+    CHECK_INT(pb_json_string_len(s, n), b.len);
+    pb_buf_free(&b);
+}
+
+static void t_json_strings(void)
+{
+    char all[256], back[256];
+    pb_buf b;
+    long k;
+    int c;
+    jstr("", 0, "\"\"");
+    jstr("abc", 3, "\"abc\"");
+    jstr("a\"b\\c/d", 7, "\"a\\\"b\\\\c/d\""); /* '/' is not escaped */
+    jstr("\b\f\n\r\t", 5, "\"\\b\\f\\n\\r\\t\"");
+    jstr("\0\1\x1f\x7f", 4, "\"\\u0000\\u0001\\u001f\\u007f\"");
+    jstr("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 14, "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"");
+    jstr("\xff\xfe\x80", 3, "\"\xff\xfe\x80\""); /* not UTF-8: bytes kept as they are */
+    jstr("https://a.example/p?x={click_id}&y=1", 36, "\"https://a.example/p?x={click_id}&y=1\"");
+    /* every byte, alone and all together */
+    for (c = 0; c < 256; c++) {
+        char one = (char)c, got[8];
+        pb_buf_init(&b, NULL);
+        CHECK_INT(pb_json_string(&b, &one, 1), PB_OK);
+        k = json_unquote(b.data, b.len, got);
+        CHECK_INT(k, 1);
+        if (k == 1) CHECK_INT((unsigned char)got[0], c);
+        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) CHECK_INT(b.len, 3); /* as it is */
+        pb_buf_free(&b);
+        all[c] = (char)c;
+    }
+    pb_buf_init(&b, NULL);
+    CHECK_INT(pb_json_string(&b, all, 256), PB_OK);
+    CHECK_INT(b.len, pb_json_string_len(all, 256));
+    k = json_unquote(b.data, b.len, back);
+    CHECK_INT(k, 256);
+    if (k == 256) CHECK_MEM(back, 256, all, 256);
+    pb_buf_free(&b);
+}
+
+static void t_json_append(void)
+{
+    pb_buf b;
+    pb_buf_init(&b, NULL);
+    CHECK_INT(pb_json_int(&b, -42), PB_OK);
+    CHECK_INT(pb_buf_putc(&b, ','), PB_OK);
+    CHECK_INT(pb_json_double(&b, 0.5), PB_OK);
+    CHECK_INT(pb_buf_putc(&b, ','), PB_OK);
+    CHECK_INT(pb_json_string(&b, "x\n", 2), PB_OK);
+    CHECK_INT(pb_json_double(&b, NAN), PB_JSON_NONFINITE);
+    CHECK_INT(pb_json_double(&b, -INFINITY), PB_JSON_NONFINITE);
+    CHECK_BUF(b, "-42,0.5,\"x\\n\"");
+    /* a limit refuses the whole piece, the buffer as it was */
+    b.limit = b.len + 3;
+    CHECK_INT(pb_json_string(&b, "abcd", 4), PB_ELIMIT);
+    CHECK_INT(pb_json_int(&b, 12345), PB_ELIMIT);
+    CHECK_INT(pb_json_double(&b, 0.25), PB_ELIMIT);
+    CHECK_BUF(b, "-42,0.5,\"x\\n\"");
+    CHECK_INT(pb_json_string(&b, "a", 1), PB_OK);
+    CHECK_BUF(b, "-42,0.5,\"x\\n\"\"a\"");
+    pb_buf_free(&b);
 }
 
 /* ==== URL checks ============================================================= */
@@ -1379,27 +1627,53 @@ static void t_macro_index(void)
     CHECK_INT(pb_macro_index("foo", 3), -1);
 }
 
+/* The suggestion among the documented macros. */
+static int msuggest(const char *name, size_t len)
+{
+    return pb_suggest(name, len, pb_macro_names, PB_NMACROS);
+}
+
 static void t_macro_suggest(void)
 {
     int s;
-    CHECK_INT(pb_macro_suggest("clik_id", 7), 0);
-    CHECK_INT(pb_macro_suggest("click_id", 8), 0);
-    CHECK_INT(pb_macro_suggest("CLICK_ID", 8), 0); /* another case */
-    CHECK_INT(pb_macro_suggest("Click_Id", 8), 0);
-    CHECK_INT(pb_macro_suggest("payot", 5), 17);
-    CHECK_INT(pb_macro_suggest("paayout", 7), 17);
-    CHECK_INT(pb_macro_suggest("curency", 7), 22);
-    CHECK_INT(pb_macro_suggest("IP", 2), 20);
-    CHECK_INT(pb_macro_suggest("conversionip", 12), 26);
-    CHECK_INT(pb_macro_suggest("xyz", 3), -1);
-    CHECK_INT(pb_macro_suggest("totally_unrelated", 17), -1);
-    CHECK_INT(pb_macro_suggest("click_id_click_id_click_id_click_id", 35), -1); /* > 32 */
-    s = pb_macro_suggest("aff_sub6", 8);
+    CHECK_INT(msuggest("clik_id", 7), 0);
+    CHECK_INT(msuggest("click_id", 8), 0);
+    CHECK_INT(msuggest("CLICK_ID", 8), 0); /* another case */
+    CHECK_INT(msuggest("Click_Id", 8), 0);
+    CHECK_INT(msuggest("payot", 5), 17);
+    CHECK_INT(msuggest("paayout", 7), 17);
+    CHECK_INT(msuggest("curency", 7), 22);
+    CHECK_INT(msuggest("IP", 2), 20);
+    CHECK_INT(msuggest("conversionip", 12), 26);
+    CHECK_INT(msuggest("xyz", 3), -1);
+    CHECK_INT(msuggest("totally_unrelated", 17), -1);
+    CHECK_INT(msuggest("click_id_click_id_click_id_click_id", 35), -1); /* > 32 */
+    s = msuggest("aff_sub6", 8);
     CHECK(s >= 9 && s <= 13); /* one of aff_sub1..5 */
-    s = pb_macro_suggest("adv_sub9", 8);
+    s = msuggest("adv_sub9", 8);
     CHECK(s >= 6 && s <= 8);
-    CHECK_INT(pb_macro_suggest("offerid", 7), 1);
+    CHECK_INT(msuggest("offerid", 7), 1);
 }
+
+static void t_suggest(void)
+{
+    static const char *const names[] = { "id", "offer_id", "affiliate_id", "type" };
+    static const char *const ties[] = { "abc", "abd", "abe" };
+    CHECK_INT(pb_suggest("affilate_id", 11, names, 4), 2);
+    CHECK_INT(pb_suggest("AFFILIATE_ID", 12, names, 4), 2);
+    CHECK_INT(pb_suggest("ofer_id", 7, names, 4), 1);
+    CHECK_INT(pb_suggest("ids", 3, names, 4), 0);
+    CHECK_INT(pb_suggest("typo", 4, names, 4), 3);
+    CHECK_INT(pb_suggest("status", 6, names, 4), -1);
+    CHECK_INT(pb_suggest("", 0, names, 4), -1);  /* 2 edits from "id", but empty */
+    CHECK_INT(pb_suggest("x", 1, names, 4), -1); /* as many edits as bytes */
+    CHECK_INT(pb_suggest("ix", 2, names, 4), 0);
+    CHECK_INT(pb_suggest("x", 1, names, 0), -1);      /* no names */
+    CHECK_INT(pb_suggest("abx", 3, ties, 3), 0);      /* a tie: the first */
+    CHECK_INT(pb_suggest("a\0c", 3, ties, 3), 0);     /* bytes, NUL included */
+}
+
+
 
 /* ==== validation ============================================================ */
 
@@ -1600,12 +1874,37 @@ static void t_validate_int_fields(void)
         no_error(&r, &o);
         r.f[f] = fint(lo[k] - 1);
         if (hi[k] == PB_MAX_ID)
-            snprintf(msg, sizeof msg, "%s must be an integer >= %lld, got %lld", nm, lo[k], lo[k] - 1);
+            snprintf(msg, sizeof msg, "%s must be an integer from %lld to 9007199254740991, got %lld",
+                     nm, lo[k], lo[k] - 1);
         else
             snprintf(msg, sizeof msg, "%s must be between 1 and 3, got 0", nm);
         one_error(&r, &o, f, PB_E_RANGE, msg);
         r.f[f] = fint(hi[k] + 1);
+        if (hi[k] == PB_MAX_ID)
+            snprintf(msg, sizeof msg,
+                     "%s must be an integer from %lld to 9007199254740991, got 9007199254740992", nm,
+                     lo[k]);
+        else
+            snprintf(msg, sizeof msg, "%s must be between 1 and 3, got 4", nm);
+        one_error(&r, &o, f, PB_E_RANGE, msg);
+        /* the same values as doubles (what a JSON decoder gives) */
+        r.f[f] = fnum((double)lo[k]);
+        no_error(&r, &o);
+        r.f[f] = fnum((double)hi[k]);
+        no_error(&r, &o);
+        r.f[f] = fnum(9007199254740992.0);
         one_error(&r, &o, f, PB_E_RANGE, NULL);
+        r.f[f] = fnum(1e19); /* beyond a long long: still a range problem */
+        if (hi[k] == PB_MAX_ID)
+            snprintf(msg, sizeof msg, "%s must be an integer from %lld to 9007199254740991, got 1e+19",
+                     nm, lo[k]);
+        else
+            snprintf(msg, sizeof msg, "%s must be between 1 and 3, got 1e+19", nm);
+        one_error(&r, &o, f, PB_E_RANGE, msg);
+        r.f[f] = fnum(-1e300);
+        one_error(&r, &o, f, PB_E_RANGE, NULL);
+        r.f[f] = fnum(INFINITY);
+        one_error(&r, &o, f, PB_E_TYPE, NULL);
         r.f[f] = fint(LLONG_MIN);
         one_error(&r, &o, f, PB_E_RANGE, NULL);
         r.f[f] = fint(LLONG_MAX);
@@ -1783,17 +2082,18 @@ static void t_validate_unknown_fields(void)
 {
     pb_record r = good_record();
     pb_validate_opts o = no_opts();
-    static const char *const names[] = { "zz", "[1]", "a_very_long_field_name_that_goes_on_and_on_and_on_and_on" };
-    size_t lens[3];
+    static const char *const names[] = { "zz", "[1]", "a_very_long_field_name_that_goes_on_and_on_and_on_and_on",
+                                         "affilate_id", "Offer_ID", "ids", "stauts" };
+    size_t lens[7];
     vres *v;
     size_t i;
-    for (i = 0; i < 3; i++) lens[i] = strlen(names[i]);
+    for (i = 0; i < 7; i++) lens[i] = strlen(names[i]);
     r.unknown = names;
     r.unknown_len = lens;
-    r.nunknown = 3;
+    r.nunknown = 7;
     v = validate(&r, &o);
-    CHECK_INT(v->n, 3);
-    for (i = 0; i < 3 && i < (size_t)v->n; i++) {
+    CHECK_INT(v->n, 7);
+    for (i = 0; i < 7 && i < (size_t)v->n; i++) {
         CHECK_INT(v->e[i].field, PB_FIELD_OTHER);
         CHECK_INT(v->e[i].code, PB_E_UNKNOWN_FIELD);
         CHECK(v->e[i].field_name == names[i]);
@@ -1802,11 +2102,15 @@ static void t_validate_unknown_fields(void)
     CHECK_STR(v->e[0].message, "zz is not a postback field");
     CHECK_STR(v->e[2].message,
               "a_very_long_field_name_that_goes_on_and_on_and_o is not a postback field");
+    CHECK_STR(v->e[3].message, "affilate_id is not a postback field (did you mean affiliate_id?)");
+    CHECK_STR(v->e[4].message, "Offer_ID is not a postback field (did you mean offer_id?)");
+    CHECK_STR(v->e[5].message, "ids is not a postback field (did you mean id?)");
+    CHECK_STR(v->e[6].message, "stauts is not a postback field (did you mean status?)");
     /* reported in partial mode too */
     o.partial = 1;
     memset(&r.f, 0, sizeof r.f);
     v = validate(&r, &o);
-    CHECK_INT(v->n, 3);
+    CHECK_INT(v->n, 7);
 }
 
 static void t_validate_protocol_matrix(void)
@@ -2188,6 +2492,60 @@ static void t_oom_encode_decode(void)
     }
 }
 
+static void t_oom_json(void)
+{
+    char chunk[700];
+    counter c;
+    pb_alloc a;
+    pb_buf b, ref;
+    long n;
+    int done = 0;
+    size_t i;
+    for (i = 0; i < sizeof chunk; i++) chunk[i] = (char)(i * 37 % 256);
+    a.fn = counter_fn;
+    a.ud = &c;
+    /* The reference: strings, integers and doubles, one after the other. */
+    pb_buf_init(&ref, NULL);
+    for (i = 1; i <= 6; i++) {
+        CHECK_INT(pb_json_string(&ref, chunk, i * 110), PB_OK);
+        CHECK_INT(pb_json_int(&ref, (long long)i * 1234567890123LL), PB_OK);
+        CHECK_INT(pb_json_double(&ref, (double)i / 7.0), PB_OK);
+    }
+    for (n = 1; n <= OOM_MAX_STEPS && !done; n++) {
+        int rc = PB_OK, part;
+        counter_init(&c, n);
+        pb_buf_init(&b, &a);
+        for (i = 1; i <= 6 && rc == PB_OK; i++) {
+            for (part = 0; part < 3; part++) {
+                size_t before = b.len;
+                char *olddata = b.data;
+                rc = part == 0   ? pb_json_string(&b, chunk, i * 110)
+                     : part == 1 ? pb_json_int(&b, (long long)i * 1234567890123LL)
+                                 : pb_json_double(&b, (double)i / 7.0);
+                if (rc != PB_OK) {
+                    CHECK_INT(rc, PB_ENOMEM);
+                    CHECK_INT(b.len, before); /* unchanged */
+                    CHECK(b.data == olddata);
+                    CHECK(c.failed == 1);
+                    break;
+                }
+            }
+        }
+        if (rc == PB_OK) {
+            done = 1;
+            CHECK_INT(c.failed, 0);
+            CHECK_MEM(b.data, b.len, ref.data, ref.len);
+        }
+        pb_buf_free(&b);
+        CHECK_CLEAN(c, n);
+        counter_done(&c);
+        if (cur_fail) break;
+    }
+    CHECK(done);
+    diagf("JSON pieces succeeded at allocation step %ld", n - 1);
+    pb_buf_free(&ref);
+}
+
 static void t_oom_validate(void)
 {
     pb_record r = good_record();
@@ -2258,14 +2616,19 @@ int main(void)
     run("render: NaN/inf -> NONFINITE, bad -> BADTYPE, slot named", t_render_errors);
     run("render: appends; buffer limit -> PB_ELIMIT", t_render_limit_and_append);
     run("format: integers incl. LLONG_MIN/MAX", t_format_ints);
-    run("format: floats %.14g, non-finite refused", t_format_floats);
+    run("format: floats %.14g, integral ones up to 2^53 in digits, non-finite refused", t_format_floats);
     run("format: booleans, strings, bad kinds", t_format_other);
+    run("JSON: integers in plain digits, LLONG_MIN/MAX, 100000 random", t_json_ints);
+    run("JSON: doubles exact (integral <= 2^53 as digits), 200000 random read back", t_json_doubles);
+    run("JSON: strings escaped, every byte read back, UTF-8 and '/' kept", t_json_strings);
+    run("JSON: appends; a limit refuses the whole piece", t_json_append);
     t_urls();
     run("URL: refusal reasons", t_url_reasons);
     run("pb_url_is_https", t_url_https);
     run("pb_find_crlf_nul", t_find_crlf_nul);
     run("macros: the 28 names and pb_macro_index", t_macro_index);
-    run("macros: pb_macro_suggest", t_macro_suggest);
+    run("macros: suggestions (pb_suggest over the macro names)", t_macro_suggest);
+    run("pb_suggest: any list, case, ties, no names", t_suggest);
     run("validate: good records", t_validate_good);
     run("validate: required fields", t_validate_required);
     run("validate: integer fields: range and type", t_validate_int_fields);
@@ -2282,6 +2645,7 @@ int main(void)
     run("OOM: pb_template_parse fails cleanly at every allocation", t_oom_parse);
     run("OOM: pb_template_render into a counting buffer", t_oom_render);
     run("OOM: pb_url_encode / pb_url_decode", t_oom_encode_decode);
+    run("OOM: pb_json_string / pb_json_int / pb_json_double", t_oom_json);
     run("OOM: pb_validate", t_oom_validate);
     printf("1..%d\n", tap_n);
     if (tap_failed) printf("# %d of %d tests failed\n", tap_failed, tap_n);

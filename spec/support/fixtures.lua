@@ -79,6 +79,9 @@ function M.ref_format(v)
     if v ~= v or v == math.huge or v == -math.huge then return nil, "bad_value" end
     if math.type then
       if math.type(v) == "integer" then return string.format("%d", v) end
+      -- integral floats up to 2^53 (what a JSON decoder gives for integers)
+      -- in all their digits
+      if v == math.floor(v) and math.abs(v) <= 2 ^ 53 then return string.format("%.0f", v) end
       return string.format("%.14g", v)
     end
     -- Lua 5.1 / LuaJIT have no integer subtype: integral numbers that are
@@ -86,6 +89,7 @@ function M.ref_format(v)
     if v == math.floor(v) and math.abs(v) < 2 ^ 53 then
       return string.format("%d", v)
     end
+    if math.abs(v) == 2 ^ 53 then return string.format("%.0f", v) end
     return string.format("%.14g", v)
   end
   return nil, "bad_value"
