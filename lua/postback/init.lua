@@ -8,7 +8,7 @@ local errors = require "postback.errors"
 
 local M = {}
 
-M._VERSION = "postback 0.1.0"
+M._VERSION = "postback 0.2.0"
 
 --- Postback types.
 M.IMAGE_PIXEL = 1
