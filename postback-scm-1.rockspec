@@ -16,9 +16,12 @@ description = {
   ]],
   license = "MIT",
 }
+-- lua-cjson for JSON; LuaSocket for the sandbox that `postback mock` runs
+-- (mock/offerslook.lua, installed as postback.mock).
 dependencies = {
   "lua >= 5.1",
   "lua-cjson",
+  "luasocket",
 }
 -- libcurl's header lives in a multiarch directory on Debian and Ubuntu
 -- (include/x86_64-linux-gnu/curl/curl.h), where a `header` check fails. So the

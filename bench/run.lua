@@ -18,6 +18,7 @@ local benches = {
   { name = "render", script = "bench/render.lua" },
   { name = "fire", script = "bench/fire.lua" },
   { name = "migrate", script = "bench/migrate.lua" },
+  { name = "import", script = "bench/import.lua" },
   { name = "each", script = "bench/each.lua" },
 }
 
@@ -43,6 +44,7 @@ local rows = {
   { "firing: libcurl's C loop vs wrk", grab("fire", "C multi loop itself reaches ([%d.]+) of wrk"), "-" },
   { "dispatcher:poll(0), 1,000 in flight, share of 16 ms", grab("fire", "= ([%d.]+%%) of a 16 ms frame"), "<= 1%" },
   { "migrate: concurrency 16 vs 1 (5 ms API latency)", grab("migrate", "ratio: ([%d.]+x)"), ">= 5x" },
+  { "import: --concurrency 8 vs sequential (20 ms API latency)", grab("import", "ratio: ([%d.]+x)"), ">= 5x" },
   { "each: heap growth over 100,000 rows", grab("each", "100,000 rows:%s+([%d.]+ MiB)"), "<= 16 MiB" },
   { "each: growth 100k rows / 10k rows", grab("each", "100k / 10k growth: ([%d.]+)"), "flat (1.0)" },
 }

@@ -6,6 +6,14 @@
 -- Without --apply it prints what would change and writes nothing. With it,
 -- the changes go through a journal (move_domain.journal): stop it at any
 -- moment and run it again, nothing is applied twice.
+-- Run from a checkout, the build beside examples/ (build/<abi>, from `make`)
+-- comes first; an installed postback is found as usual.
+do
+  local root = ((arg and arg[0] or ""):match("^(.*)/[^/]*$") or ".") .. "/.."
+  local abi = jit and "luajit" or _VERSION:match("%d+%.%d+")
+  package.path = ("%s/build/%s/?.lua;%s/build/%s/?/init.lua;"):format(root, abi, root, abi) .. package.path
+  package.cpath = ("%s/build/%s/?.so;"):format(root, abi) .. package.cpath
+end
 local postback = require "postback"
 
 local old, new, apply = arg[1], arg[2], arg[3] == "--apply"

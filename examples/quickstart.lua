@@ -7,6 +7,14 @@
 --   OFFERSLOOK_NETWORK=demo OFFERSLOOK_API_KEY=demo-key \
 --   OFFERSLOOK_BASE_URL=http://127.0.0.1:PORT POSTBACK_RECEIVER=http://127.0.0.1:PORT \
 --   lua5.4 examples/quickstart.lua
+-- Run from a checkout, the build beside examples/ (build/<abi>, from `make`)
+-- comes first; an installed postback is found as usual.
+do
+  local root = ((arg and arg[0] or ""):match("^(.*)/[^/]*$") or ".") .. "/.."
+  local abi = jit and "luajit" or _VERSION:match("%d+%.%d+")
+  package.path = ("%s/build/%s/?.lua;%s/build/%s/?/init.lua;"):format(root, abi, root, abi) .. package.path
+  package.cpath = ("%s/build/%s/?.so;"):format(root, abi) .. package.cpath
+end
 local postback = require "postback"
 
 local network = os.getenv("OFFERSLOOK_NETWORK") or "demo"

@@ -3,6 +3,14 @@
 --
 --   OFFERSLOOK_NETWORK=... OFFERSLOOK_API_KEY=... [OFFERSLOOK_BASE_URL=...] \
 --   lua5.4 examples/rename_macro.lua aff_sub aff_sub1 [--apply]
+-- Run from a checkout, the build beside examples/ (build/<abi>, from `make`)
+-- comes first; an installed postback is found as usual.
+do
+  local root = ((arg and arg[0] or ""):match("^(.*)/[^/]*$") or ".") .. "/.."
+  local abi = jit and "luajit" or _VERSION:match("%d+%.%d+")
+  package.path = ("%s/build/%s/?.lua;%s/build/%s/?/init.lua;"):format(root, abi, root, abi) .. package.path
+  package.cpath = ("%s/build/%s/?.so;"):format(root, abi) .. package.cpath
+end
 local postback = require "postback"
 
 local from, to, apply = arg[1], arg[2], arg[3] == "--apply"

@@ -12,14 +12,19 @@ local function run(cmd)
   return out, ok, code
 end
 
--- The module paths of this process, for child processes.
+-- The module paths of this process, for child processes that need them
+-- (the game server embeds Lua and takes them from the environment).
 local function env_paths()
   return ("LUA_PATH='%s' LUA_CPATH='%s'"):format(package.path, package.cpath)
 end
 
+-- The examples run as the README and the cookbook tell: no module paths in
+-- the environment (each example finds the build beside examples/).
+local AS_DOCUMENTED = "env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_PATH_5_3 -u LUA_CPATH_5_3"
+
 describe("examples", function()
   it("make demo: quickstart against the mock, every call, exit 0", function()
-    local out, ok = run(env_paths() .. " " .. lua .. " examples/demo.lua")
+    local out, ok = run(AS_DOCUMENTED .. " " .. lua .. " examples/demo.lua")
     assert.is_true(ok, out)
     assert.matches("refused before sending: type 3 %(HTML Pixel%) is not allowed", out)
     assert.matches("page 1/", out)
@@ -39,7 +44,7 @@ describe("examples", function()
     before_each(function() mock:reset() end)
 
     local function env()
-      return ("%s OFFERSLOOK_NETWORK=ex OFFERSLOOK_API_KEY=ex-key OFFERSLOOK_BASE_URL=%s"):format(env_paths(), mock.url)
+      return ("%s OFFERSLOOK_NETWORK=ex OFFERSLOOK_API_KEY=ex-key OFFERSLOOK_BASE_URL=%s"):format(AS_DOCUMENTED, mock.url)
     end
 
     local function codes()
@@ -74,6 +79,18 @@ describe("examples", function()
       for _, code in ipairs(codes()) do assert.equal("https://t.example/pb?c={click_id}&s={aff_sub1}", code) end
     end)
 
+    it("run from another directory, by path, as documented", function()
+      mock:seed { count = 3, offer_id = 0, type = 2, code = "https://old-tracker.example/pb?c={click_id}" }
+      local out, ok = run(("cd examples && %s %s move_domain.lua old-tracker.example new-tracker.example")
+        :format(env(), lua))
+      assert.is_true(ok, out)
+      assert.matches("3 postbacks read, 3 would move", out)
+      out, ok = run(("cd /tmp && %s %s %s/examples/move_domain.lua old-tracker.example new-tracker.example")
+        :format(env(), lua, mockproc.root()))
+      assert.is_true(ok, out)
+      assert.matches("3 postbacks read, 3 would move", out)
+    end)
+
     it("round-trips export, edit and import", function()
       mock:seed { count = 8, offer_id = 0, type = 2, code = "http://t.example/pb?c={click_id}" }
       local out, ok = run(env() .. " LUA=" .. lua .. " sh examples/export_edit_import.sh")
@@ -83,6 +100,22 @@ describe("examples", function()
       assert.matches('again: +{[^\n]*"unchanged":8', out)
       for _, code in ipairs(codes()) do assert.equal("https://t.example/pb?c={click_id}", code) end
     end)
+  end)
+
+  it("the OpenResty config has a resolver, and the README says why", function()
+    local f = assert(io.open("examples/openresty/nginx.conf"))
+    local conf = f:read("*a")
+    f:close()
+    local http = assert(conf:match("\nhttp%s*(%b{})"), "no http block")
+    local resolver = http:match("\n%s*resolver%s+([^;#\n]+);")
+    assert.truthy(resolver, "no resolver line in the http block")
+    assert.truthy(resolver:match("^%d+%.%d+%.%d+%.%d+"), resolver) -- an address: nothing to resolve at start
+    f = assert(io.open("README.md"))
+    local readme = f:read("*a")
+    f:close()
+    local section = assert(readme:match("\n## Using it in OpenResty\n(.-)\n## "))
+    assert.truthy(section:find("resolver", 1, true))
+    assert.truthy(section:find("no resolver defined", 1, true))
   end)
 
   describe("game server", function()

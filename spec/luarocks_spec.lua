@@ -117,4 +117,65 @@ describe("luarocks make", function()
     assert.are.equal("28\ttrue", lines[6])
     assert.are.equal(6, #lines, out)
   end)
+
+  -- The versioned rockspec fetches its source from the repository's tag.
+  -- Offline, git's url.<base>.insteadOf points that URL at a local
+  -- repository holding this tree under the tag: the rockspec is used as
+  -- it is committed.
+  it("packs postback-0.2.0-1.rockspec into a source rock that builds and installs the command", function()
+    local root = F.root()
+    if not F.run("command -v git >/dev/null 2>&1 && git -C " .. sh(root) .. " rev-parse >/dev/null 2>&1") then
+      return pending("needs git and a git checkout")
+    end
+    local rockspec = "postback-0.2.0-1.rockspec"
+    local env = {}
+    local chunk
+    if setfenv then
+      chunk = assert(loadfile(root .. "/" .. rockspec))
+      setfenv(chunk, env)
+    else
+      chunk = assert(loadfile(root .. "/" .. rockspec, "t", env))
+    end
+    chunk()
+    local url = env.source.url:gsub("^git%+", "")
+    tmp = mktemp_dir()
+    local repo, tree, log = tmp .. "/repo", tmp .. "/tree", tmp .. "/luarocks.log"
+    local git = "git -c user.name=spec -c user.email=spec@localhost -c init.defaultBranch=main"
+    -- this tree as it is (uncommitted changes included) in a repository tagged as the rockspec says
+    assert.is_true(F.run("mkdir -p " .. sh(repo) .. " && cd " .. sh(root)
+      .. " && git ls-files -co --exclude-standard | tar -cf - -T - | tar -C " .. sh(repo) .. " -xf -"))
+    assert.is_true(F.run("cd " .. sh(repo) .. " && " .. git .. " init -q && " .. git .. " add -A && "
+      .. git .. " commit -qm tree && " .. git .. " tag " .. sh(env.source.tag)))
+    local f = assert(io.open(tmp .. "/gitconfig", "w"))
+    f:write(('[url "file://%s"]\n\tinsteadOf = %s\n[advice]\n\tdetachedHead = false\n'):format(repo, url))
+    f:close()
+    local git_env = " GIT_CONFIG_GLOBAL=" .. sh(tmp .. "/gitconfig") .. " GIT_CONFIG_NOSYSTEM=1"
+
+    local ok = F.run("cd " .. sh(tmp) .. " && " .. CLEAN_ENV .. git_env .. " luarocks --lua-version " .. VER
+      .. " pack " .. sh(root .. "/" .. rockspec) .. " >" .. sh(log) .. " 2>&1")
+    assert.is_true(ok, "luarocks pack failed:\n" .. (F.readfile(log) or "(no log)"))
+    local rock = tmp .. "/postback-0.2.0-1.src.rock"
+    assert.is_true(exists(rock), F.readfile(log))
+    local p = assert(io.popen("unzip -Z1 " .. sh(rock)))
+    local listing = p:read("*a")
+    p:close()
+    for _, file in ipairs { rockspec, "postback/bin/postback", "postback/lua_postback.c", "postback/core/engine.c",
+                            "postback/lua/postback/init.lua", "postback/mock/offerslook.lua" } do
+      assert.truthy(("\n" .. listing):find("\n" .. file .. "\n", 1, true),
+        file .. " is not in the source rock:\n" .. listing)
+    end
+
+    -- the source rock builds without the network, and its command runs
+    ok = F.run("cd " .. sh(tmp) .. " && " .. CLEAN_ENV .. " luarocks --lua-version " .. VER .. " --tree " .. sh(tree)
+      .. " build --deps-mode=none " .. sh(rock) .. " >" .. sh(log) .. " 2>&1")
+    assert.is_true(ok, "luarocks build failed:\n" .. (F.readfile(log) or "(no log)"))
+    local out_file = tmp .. "/out.txt"
+    ok = F.run("cd " .. sh(tmp) .. " && eval \"$(" .. CLEAN_ENV .. " luarocks --lua-version " .. VER .. " --tree "
+      .. sh(tree) .. " path)\" && " .. sh(tree .. "/bin/postback") .. " --version >" .. sh(out_file) .. " 2>&1"
+      .. " && " .. sh(tree .. "/bin/postback") .. " render 'https://t.example/?c={click_id}' click_id='a b' >>"
+      .. sh(out_file) .. " 2>&1")
+    local out = F.readfile(out_file) or ""
+    assert.is_true(ok, "the installed command failed:\n" .. out)
+    assert.equal("postback 0.2.0\nhttps://t.example/?c=a%20b\n", out)
+  end)
 end)

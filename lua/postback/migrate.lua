@@ -156,12 +156,16 @@ end
 --   source      an iterator of postbacks, or a JSONL file name
 --   transform   function(pb) -> changes | nil (skip) | nil, err
 --   journal     path of the journal (resumable runs)
---   dry_run     print a diff per record to `out` (default io.stdout), write nothing
+--   dry_run     write nothing: report each change to on_plan, or print a
+--               diff per record to `out` (default io.stdout)
+--   on_plan     function(pb, change) for each change a dry run would send
 --   concurrency API calls in flight (default 8)
 --   limit       stop after this many records scanned
---   on_progress function(report) after each batch
--- Returns {scanned, changed, skipped, failed, errors = {{id=, error=}, ...}},
--- or nil, err when the run could not start or the source failed.
+--   on_progress function(report) after each batch and every 100 records read;
+--               with a query, report.total is the number of records that
+--               matched when the run started (one list call reads it)
+-- Returns {scanned, changed, skipped, failed, errors = {{id=, error=}, ...}}
+-- (and total), or nil, err when the run could not start or the source failed.
 function M.run(opts)
   if type(opts) ~= "table" then argerror("table expected, got " .. type(opts)) end
   local client, transform = opts.client, opts.transform
@@ -170,11 +174,19 @@ function M.run(opts)
   local concurrency = opts.concurrency or 8
   if type(concurrency) ~= "number" or concurrency < 1 then argerror("option concurrency must be >= 1") end
   local out = opts.out or io.stdout
+  local on_plan = opts.on_plan
+  if on_plan ~= nil and type(on_plan) ~= "function" then argerror("option on_plan must be a function") end
 
+  local report = { scanned = 0, changed = 0, skipped = 0, failed = 0, errors = {} }
   local source = opts.source
   if type(source) == "string" then
     source = M.jsonl(source)
   elseif source == nil then
+    if opts.on_progress then
+      -- how many records match now: progress shows done/total
+      local data = client:list { limit = 1, filters = (opts.query or {}).filters }
+      if data then report.total = data.totalRows end
+    end
     source = client:each(opts.query or {})
   elseif type(source) ~= "function" then
     argerror("option source must be an iterator or a JSONL file name")
@@ -187,13 +199,22 @@ function M.run(opts)
     if not journal then return nil, errors.new("transport", { message = "journal: " .. tostring(err) }) end
   end
 
-  local report = { scanned = 0, changed = 0, skipped = 0, failed = 0, errors = {} }
   local pending = {} -- {id=, change=, pb=}
   local batch_size = concurrency * 8
 
   local function fail(id, err)
     report.failed = report.failed + 1
     report.errors[#report.errors + 1] = { id = id, error = err }
+  end
+
+  local reported -- the counts on_progress last saw
+  local function progress()
+    if not opts.on_progress then return end
+    local now = report.scanned .. "/" .. report.changed .. "/" .. report.skipped .. "/" .. report.failed
+    if now ~= reported then
+      reported = now
+      opts.on_progress(report)
+    end
   end
 
   local function flush()
@@ -217,7 +238,7 @@ function M.run(opts)
     end
     if journal then journal:sync() end
     pending = {}
-    if opts.on_progress then opts.on_progress(report) end
+    progress()
   end
 
   local ok, run_err = pcall(function()
@@ -279,7 +300,7 @@ function M.run(opts)
           if not vok then
             fail(id, errors.validation(list))
           elseif opts.dry_run then
-            out:write(diff_line(pb, change), "\n")
+            if on_plan then on_plan(pb, change) else out:write(diff_line(pb, change), "\n") end
             report.changed = report.changed + 1
           else
             pending[#pending + 1] = { id = id, change = change, pb = pb }
@@ -287,6 +308,7 @@ function M.run(opts)
           end
         end
       end
+      if report.scanned % 100 == 0 then progress() end
     end
     flush()
   end)
@@ -295,7 +317,7 @@ function M.run(opts)
     if errors.is(run_err) then return nil, run_err end
     error(run_err, 0)
   end
-  if opts.dry_run and opts.on_progress then opts.on_progress(report) end
+  progress()
   return report
 end
 

@@ -1,0 +1,67 @@
+-- LuaRocks build of postback 0.2.0: the C core + binding as postback.core,
+-- the Lua layer as postback.*, and the bin/postback command line. The build
+-- is the one of postback-scm-1.rockspec; the source is the v0.2.0 tag.
+rockspec_format = "3.0"
+package = "postback"
+version = "0.2.0-1"
+source = {
+  url = "git+https://github.com/postback-lua/postback.git",
+  tag = "v0.2.0",
+}
+description = {
+  summary = "Manage Offerslook affiliate postbacks and fire them, from Lua",
+  detailed = [[
+    A Lua module with a C core: validates postback records (including the
+    offer's conversion_protocol rule), renders postback macros, talks to the
+    Offerslook Network API with retries, and fires postbacks concurrently on
+    libcurl's multi interface.
+  ]],
+  license = "MIT",
+}
+-- lua-cjson for JSON; LuaSocket for the sandbox that `postback mock` runs
+-- (mock/offerslook.lua, installed as postback.mock).
+dependencies = {
+  "lua >= 5.1",
+  "lua-cjson",
+  "luasocket",
+}
+-- libcurl's header lives in a multiarch directory on Debian and Ubuntu
+-- (include/x86_64-linux-gnu/curl/curl.h), where a `header` check fails. So the
+-- library is what LuaRocks looks for (it knows the multiarch library
+-- directories); the compiler's own search path then finds the header. Where
+-- curl lives elsewhere, pass CURL_DIR=... or CURL_INCDIR=... to luarocks.
+external_dependencies = {
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["postback.core"] = {
+      sources = {
+        "lua_postback.c",
+        "core/buf.c", "core/clock.c", "core/encode.c", "core/engine.c",
+        "core/macros.c", "core/spool.c", "core/template.c", "core/url.c",
+        "core/validate.c",
+      },
+      defines = { "_POSIX_C_SOURCE=200809L" },
+      incdirs = { "$(CURL_INCDIR)", "." },
+      libdirs = { "$(CURL_LIBDIR)" },
+      libraries = { "curl" },
+    },
+    ["postback"] = "lua/postback/init.lua",
+    ["postback.client"] = "lua/postback/client.lua",
+    ["postback.dispatcher"] = "lua/postback/dispatcher.lua",
+    ["postback.errors"] = "lua/postback/errors.lua",
+    ["postback.fire"] = "lua/postback/fire.lua",
+    ["postback.json"] = "lua/postback/json.lua",
+    ["postback.migrate"] = "lua/postback/migrate.lua",
+    ["postback.mock"] = "mock/offerslook.lua",
+    ["postback.pump"] = "lua/postback/pump.lua",
+    ["postback.retry"] = "lua/postback/retry.lua",
+    ["postback.transport.curl"] = "lua/postback/transport/curl.lua",
+    ["postback.transport.ngx"] = "lua/postback/transport/ngx.lua",
+  },
+  install = {
+    bin = { postback = "bin/postback" },
+  },
+}
