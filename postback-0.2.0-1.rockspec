@@ -39,8 +39,8 @@ build = {
     ["postback.core"] = {
       sources = {
         "lua_postback.c",
-        "core/buf.c", "core/clock.c", "core/encode.c", "core/engine.c",
-        "core/macros.c", "core/spool.c", "core/template.c", "core/url.c",
+        "core/buf.c", "core/clock.c", "core/encode.c", "core/engine.c", "core/json.c",
+        "core/macros.c", "core/spool.c", "core/suggest.c", "core/template.c", "core/url.c",
         "core/validate.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L" },
@@ -56,7 +56,8 @@ build = {
     ["postback.json"] = "lua/postback/json.lua",
     ["postback.migrate"] = "lua/postback/migrate.lua",
     ["postback.mock"] = "mock/offerslook.lua",
-    ["postback.pump"] = "lua/postback/pump.lua",
+    ["postback.executor"] = "lua/postback/executor.lua",
+    ["postback.util"] = "lua/postback/util.lua",
     ["postback.retry"] = "lua/postback/retry.lua",
     ["postback.transport.curl"] = "lua/postback/transport/curl.lua",
     ["postback.transport.ngx"] = "lua/postback/transport/ngx.lua",
