@@ -19,6 +19,7 @@ local benches = {
   { name = "fire", script = "bench/fire.lua" },
   { name = "migrate", script = "bench/migrate.lua" },
   { name = "each", script = "bench/each.lua" },
+  { name = "isolation", script = "bench/isolation.lua" },
 }
 
 local outputs = {}
@@ -45,6 +46,10 @@ local rows = {
   { "migrate: concurrency 16 vs 1 (5 ms API latency)", grab("migrate", "ratio: ([%d.]+x)"), ">= 5x" },
   { "each: heap growth over 100,000 rows", grab("each", "100,000 rows:%s+([%d.]+ MiB)"), "<= 16 MiB" },
   { "each: growth 100k rows / 10k rows", grab("each", "100k / 10k growth: ([%d.]+)"), "flat (1.0)" },
+  { "isolation: 16 healthy behind 48 silent slots, fire_many", grab("isolation", "fire_many isolation: ([^\n]+)"),
+    "16/16, <= 100 ms" },
+  { "isolation: 16 healthy behind 48 silent slots, dispatcher", grab("isolation", "dispatcher isolation: ([^\n]+)"),
+    "16/16, <= 100 ms" },
 }
 
 local lines = { "| measure | result | target |", "|---|---|---|" }
