@@ -141,6 +141,8 @@ function M.run_all(cases, parallel)
     for _, base in ipairs(bases) do results[#results + 1] = collect(base, seconds) end
     i = i + parallel
   end
+  os.execute("rm -rf " .. shell_quote(tmpdir))
+  tmpdir = nil
   return results
 end
 
