@@ -20,6 +20,7 @@ local benches = {
   { name = "migrate", script = "bench/migrate.lua" },
   { name = "import", script = "bench/import.lua" },
   { name = "each", script = "bench/each.lua" },
+  { name = "isolation", script = "bench/isolation.lua" },
 }
 
 local outputs = {}
@@ -47,6 +48,10 @@ local rows = {
   { "import: --concurrency 8 vs sequential (20 ms API latency)", grab("import", "ratio: ([%d.]+x)"), ">= 5x" },
   { "each: heap growth over 100,000 rows", grab("each", "100,000 rows:%s+([%d.]+ MiB)"), "<= 16 MiB" },
   { "each: growth 100k rows / 10k rows", grab("each", "100k / 10k growth: ([%d.]+)"), "flat (1.0)" },
+  { "isolation: 16 healthy behind 48 silent slots, fire_many", grab("isolation", "fire_many isolation: ([^\n]+)"),
+    "16/16, <= 100 ms" },
+  { "isolation: 16 healthy behind 48 silent slots, dispatcher", grab("isolation", "dispatcher isolation: ([^\n]+)"),
+    "16/16, <= 100 ms" },
 }
 
 local lines = { "| measure | result | target |", "|---|---|---|" }

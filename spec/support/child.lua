@@ -1,0 +1,156 @@
+--- Runs Lua code in child processes under a hard time limit, so that a call
+-- which never returns fails its test instead of hanging the suite.
+--
+--   local child = require "child"
+--   local r = child.run([[
+--     local url = ...
+--     local postback = require "postback"
+--     return { result = postback.fire(url) }
+--   ]], { args = { url }, limit = 10 })
+--   r.value      what the chunk returned, through JSON (error tables become
+--                plain tables with kind, message, ..., and text = tostring(err))
+--   r.raised     the error message when the chunk raised
+--   r.timed_out  true when the limit killed it
+--   r.status, r.stderr, r.seconds (wall time of the whole child)
+--
+-- child.run_all(cases, parallel) runs {code, opts} cases, `parallel` at a
+-- time, and returns their results in order. The child uses the interpreter
+-- of the run (testenv.lua) with this process's module paths.
+local cjson = require("cjson.safe").new()
+local socket = require "socket"
+local testenv = require "testenv"
+
+local M = {}
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- The wrapper each child runs: code file, then the chunk's arguments.
+local WRAPPER = [==[
+local cjson = require("cjson.safe").new()
+cjson.encode_sparse_array(true)
+cjson.encode_invalid_numbers(true)
+local unpack = table.unpack or unpack
+local function plain(v, depth)
+  depth = depth or 0
+  local t = type(v)
+  if t == "string" or t == "number" or t == "boolean" or t == "nil" then return v end
+  if t ~= "table" or depth > 8 then return tostring(v) end
+  local out = {}
+  if getmetatable(v) and getmetatable(v).__tostring then out.text = tostring(v) end
+  for k, x in pairs(v) do
+    if type(k) == "string" or type(k) == "number" then out[k] = plain(x, depth + 1) end
+  end
+  return out
+end
+local f = assert(io.open(arg[1], "rb"))
+local code = f:read("*a")
+f:close()
+local chunk = assert((loadstring or load)(code, "=child"))
+local args = {}
+for i = 2, #arg do args[#args + 1] = arg[i] end
+local ok, value = pcall(chunk, unpack(args))
+io.stdout:write("\nRESULT ", assert(cjson.encode(ok and { value = plain(value) } or { raised = tostring(value) })), "\n")
+io.stdout:flush()
+os.exit(0)
+]==]
+
+local tmpdir
+
+local function dir()
+  if not tmpdir then
+    tmpdir = os.tmpname()
+    os.remove(tmpdir)
+    assert(os.execute("mkdir -p " .. tmpdir))
+    local f = assert(io.open(tmpdir .. "/wrapper.lua", "w"))
+    f:write(WRAPPER)
+    f:close()
+  end
+  return tmpdir
+end
+
+local function slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function spit(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+end
+
+local counter = 0
+
+-- The shell command of one case, and where its output goes.
+local function prepare(code, opts)
+  counter = counter + 1
+  local d = dir()
+  local base = ("%s/case%d"):format(d, counter)
+  spit(base .. ".lua", code)
+  local args = {}
+  for i, a in ipairs(opts.args or {}) do args[i] = shell_quote(a) end
+  local env = ("LUA_PATH=%s LUA_CPATH=%s"):format(shell_quote(package.path), shell_quote(package.cpath))
+  local cmd = ("%s timeout -k 2 %d %s %s %s %s >%s.out 2>%s.err; echo $? >%s.rc"):format(
+    env, math.ceil(opts.limit or 10), testenv.lua, shell_quote(d .. "/wrapper.lua"), shell_quote(base .. ".lua"),
+    table.concat(args, " "), base, base, base)
+  return cmd, base
+end
+
+local function collect(base, seconds)
+  local out = slurp(base .. ".out")
+  local status = tonumber(slurp(base .. ".rc"):match("%d+"))
+  local r = { status = status, stdout = out, stderr = slurp(base .. ".err"), seconds = seconds }
+  r.timed_out = status == 124 or status == 137
+  local line = out:match("\nRESULT ([^\n]*)\n") or out:match("^RESULT ([^\n]*)\n")
+  local doc = line and cjson.decode(line)
+  if doc then
+    r.value, r.raised = doc.value, doc.raised
+  elseif not r.timed_out then
+    r.raised = "the child died without a result (status " .. tostring(status) .. "): " .. r.stderr:sub(1, 500)
+  end
+  for _, ext in ipairs { ".lua", ".out", ".err", ".rc" } do os.remove(base .. ext) end
+  return r
+end
+
+--- Runs one chunk in a child process; see the top of the file.
+-- opts: args (strings), limit (seconds, default 10).
+function M.run(code, opts)
+  return M.run_all({ { code, opts } }, 1)[1]
+end
+
+--- Runs many {code, opts} cases, `parallel` (default 8) at a time.
+function M.run_all(cases, parallel)
+  parallel = parallel or 8
+  local results = {}
+  local i = 1
+  while i <= #cases do
+    local cmds, bases = {}, {}
+    for j = i, math.min(#cases, i + parallel - 1) do
+      local cmd, base = prepare(cases[j][1], cases[j][2] or {})
+      cmds[#cmds + 1] = "( " .. cmd .. " ) &"
+      bases[#bases + 1] = base
+    end
+    local t0 = socket.gettime()
+    os.execute(table.concat(cmds, "\n") .. "\nwait")
+    local seconds = socket.gettime() - t0
+    for _, base in ipairs(bases) do results[#results + 1] = collect(base, seconds) end
+    i = i + parallel
+  end
+  os.execute("rm -rf " .. shell_quote(tmpdir))
+  tmpdir = nil
+  return results
+end
+
+--- A one-line account of a child's outcome, for assertion messages.
+function M.describe(r)
+  if r.timed_out then return "killed at the time limit (the call never returned)" end
+  if r.raised then return "raised: " .. tostring(r.raised) end
+  return "returned: " .. tostring(cjson.encode(r.value))
+end
+
+return M
