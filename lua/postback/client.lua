@@ -655,10 +655,16 @@ function Client:list(query)
     rows = {}
     data.rowset = rows
   end
-  if type(rows) ~= "table" then
-    return nil, errors.new("decode", { message = "data.rowset is not an array", method = "GET" })
+  if type(rows) ~= "table" or (next(rows) ~= nil and rows[1] == nil) then
+    return nil, errors.new("decode", { message = "data.rowset is not an array", method = "GET", retryable = false })
   end
-  for _, row in ipairs(rows) do json.postback(row) end
+  for _, row in ipairs(rows) do
+    if type(row) ~= "table" then
+      return nil, errors.new("decode", { message = "data.rowset holds a row that is not an object",
+        method = "GET", retryable = false })
+    end
+    json.postback(row)
+  end
   return data
 end
 
@@ -697,6 +703,7 @@ function Client:each(query)
   if type(idf) == "table" then floor = idf.GREATER_THAN end
 
   local rows, i, last_id, last_page, done = {}, 0, nil, nil, false
+  local read, budget = 0, nil -- rows read; at most what matched at the start plus a page
   local function fetch()
     if keyed then
       local filters = {}
@@ -713,6 +720,16 @@ function Client:each(query)
     local data, err = self:list(q)
     if not data then error(err, 3) end
     rows, i = data.rowset, 0
+    local pages = page_count(data.totalPages)
+    if pages == nil then
+      error(decode_error("the API's totalPages is not a non-negative integer: " .. tostring(data.totalPages)), 3)
+    end
+    local total = page_count(data.totalRows)
+    -- A server whose counts do not add up cannot make this run forever:
+    -- at most what matched at the start, plus one page, is read.
+    if budget == nil then budget = (total or pages * q.limit) + q.limit end
+    read = read + #rows
+    if read >= budget then done = true end
     if keyed then
       local prev = last_id
       for _, row in ipairs(rows) do
@@ -723,15 +740,9 @@ function Client:each(query)
         end
         prev = id
       end
-      local total = page_count(data.totalRows)
       if #rows == 0 or (total and #rows >= total) then done = true end
       if prev then last_id = prev end
     else
-      local pages = page_count(data.totalPages)
-      if pages == nil then
-        error(decode_error("the API's totalPages is not a non-negative integer: " .. tostring(data.totalPages)), 3)
-      end
-      local total = page_count(data.totalRows)
       local bound = total and (math.floor(total / q.limit) + 1) or pages
       last_page = math.min(pages, bound)
       if #rows == 0 or q.page >= last_page then done = true end

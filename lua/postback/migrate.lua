@@ -150,6 +150,15 @@ end
 
 -- ---- the run ---------------------------------------------------------------
 
+--- The options of a run: name -> check (see postback.util.check_options).
+M.OPTIONS = {
+  client = { kind = "table" }, query = { kind = "table" }, source = { kind = "any" },
+  transform = { kind = "function" }, journal = { kind = "string" }, dry_run = { kind = "boolean" },
+  concurrency = { kind = "number", integer = true, min = 1, max = 100000 },
+  limit = { kind = "number", integer = true, min = 0, max = 1e15 },
+  on_progress = { kind = "function" }, on_plan = { kind = "function" }, out = { kind = "any" },
+}
+
 --- Runs a migration. Options:
 --   client      the API client (required unless dry_run with a source)
 --   query       list query for client:each, or
@@ -168,11 +177,12 @@ end
 -- (and total), or nil, err when the run could not start or the source failed.
 function M.run(opts)
   if type(opts) ~= "table" then argerror("table expected, got " .. type(opts)) end
+  local problem = require("postback.util").check_options(opts, M.OPTIONS)
+  if problem then argerror(problem) end
   local client, transform = opts.client, opts.transform
   if type(transform) ~= "function" then argerror("option transform must be a function") end
   if client == nil and not (opts.dry_run and opts.source) then argerror("option client is required") end
   local concurrency = opts.concurrency or 8
-  if type(concurrency) ~= "number" or concurrency < 1 then argerror("option concurrency must be >= 1") end
   local out = opts.out or io.stdout
   local on_plan = opts.on_plan
   if on_plan ~= nil and type(on_plan) ~= "function" then argerror("option on_plan must be a function") end
