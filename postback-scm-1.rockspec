@@ -53,6 +53,7 @@ build = {
     ["postback.mock"] = "mock/offerslook.lua",
     ["postback.pump"] = "lua/postback/pump.lua",
     ["postback.retry"] = "lua/postback/retry.lua",
+    ["postback.spool"] = "lua/postback/spool.lua",
     ["postback.transport.curl"] = "lua/postback/transport/curl.lua",
     ["postback.transport.ngx"] = "lua/postback/transport/ngx.lua",
   },

@@ -5,18 +5,19 @@
 --   -- every tick:
 --   d:poll(0)                                                        -- never blocks
 --
--- With `spool = path`, every postback is written to an append-only,
--- checksummed file before it is sent, and marked done once delivered. A
--- dispatcher opened on the same file re-sends what was not delivered,
--- including what failed every retry: nothing is lost across a crash. The
--- spool is synced to disk once per poll (group commit); a torn last line is
--- skipped. Delivery is at least once: a postback in flight when the process
+-- With `spool = path`, every postback is written to a spool (see
+-- postback.spool) before d:fire returns its id, and marked done once
+-- delivered. A dispatcher opened on the same file re-sends what was not
+-- delivered, including what failed every retry: nothing is lost across a
+-- crash. The spool is synced to disk once per poll (group commit) and
+-- compacted as it goes; it is locked, so a second dispatcher on it gets
+-- nil, err. Delivery is at least once: a postback in flight when the process
 -- died is sent again, so receivers should dedupe on their click id.
 local core = require "postback.core"
 local errors = require "postback.errors"
 local fire = require "postback.fire"
-local json = require "postback.json"
 local pump = require "postback.pump"
+local spool = require "postback.spool"
 
 local M = {}
 local Dispatcher = {}
@@ -27,51 +28,55 @@ local DEFAULTS = {}
 for k, v in pairs(fire.DEFAULTS) do DEFAULTS[k] = v end
 DEFAULTS.delay = 0
 
-local function spool_write(self, record)
-  local text = assert(json.encode(record))
-  local ok, err = self.spool:append(text)
-  if not ok then return nil, err end
-  self.dirty = true
+-- ---- the spool (postback.spool): all of the dispatcher's use of it -------
+
+-- Opens the spool and queues what it owes; nil, err when it cannot be opened.
+local function spool_open(self, o)
+  local sp, err = spool.open(o.spool, { on_error = o.on_error })
+  if not sp then return nil, err end
+  self.spool = sp
+  local n = 0
+  for id, rec in sp:owed() do
+    n = n + 1
+    local job = fire.job(rec.url, o, rec.headers)
+    job.id, job.spooled = id, true
+    self.pump:push(job)
+  end
+  self.recovered = n
   return true
 end
 
--- Reads a spool: the records added and not done, in id order; the last id.
-local function spool_read(path)
-  local f = io.open(path, "rb")
-  if not f then return {}, 0, 0 end
-  local added, order, last, skipped = {}, {}, 0, 0
-  for line in f:lines() do
-    local payload = core.spool_check(line)
-    local rec = payload and json.decode(payload)
-    if type(rec) == "table" and type(rec.id) == "number" then
-      local id = json.tointeger(rec.id) or rec.id
-      if id > last then last = id end
-      if rec.op == "add" and type(rec.url) == "string" then
-        if not added[id] then order[#order + 1] = id end
-        added[id] = rec
-      elseif rec.op == "done" then
-        added[id] = false
-      end
-    elseif line ~= "" then
-      skipped = skipped + 1 -- torn or corrupted: skipped, never fatal
-    end
-  end
-  f:close()
-  local pending = {}
-  for _, id in ipairs(order) do
-    if added[id] then pending[#pending + 1] = added[id] end
-  end
-  return pending, last, skipped
+-- Writes a postback to the spool: its id, or nil, err.
+local function spool_add(self, url, headers)
+  return self.spool:add { url = url, headers = headers }
 end
+
+-- Marks a delivered postback done (a failed mark means it may be sent again
+-- after a restart: at least once).
+local function spool_done(self, job)
+  if job.spooled then self.spool:done(job.id) end
+end
+
+-- Group commit (and compaction when due): once a poll.
+local function spool_sync(self)
+  if self.spool then self.spool:sync() end
+end
+
+local function spool_close(self)
+  if self.spool then self.spool:close() end
+end
+
+-- ---------------------------------------------------------------------------
 
 --- Creates a dispatcher.
 -- opts: concurrency, per_host, retries, timeout, backoff_base, backoff_max,
 -- delay (seconds before a postback's first try), spool (path),
--- on_result(result), on_attempt(info), ok_status, ok_body, headers.
+-- on_result(result), on_attempt(info), on_error(err) (the spool's damaged
+-- records and failed compactions), ok_status, ok_body, headers.
 -- @return dispatcher, or nil, err when the spool cannot be opened
 function M.new(opts)
   local o = fire.options(opts, 1, "dispatcher", DEFAULTS)
-  for _, k in ipairs { "on_result", "on_attempt" } do
+  for _, k in ipairs { "on_result", "on_attempt", "on_error" } do
     if o[k] ~= nil and type(o[k]) ~= "function" then
       error(("bad argument #1 to 'dispatcher' (option %s must be a function)"):format(k), 2)
     end
@@ -86,21 +91,10 @@ function M.new(opts)
     finish = function(job, ...) return self:finish(job, ...) end }
 
   if o.spool then
-    local pending, last, skipped = spool_read(o.spool)
-    self.recovered, self.skipped = #pending, skipped
-    -- Compact: rewrite the file with just what is still owed.
-    local payloads = {}
-    for i, rec in ipairs(pending) do payloads[i] = assert(json.encode(rec)) end
-    local ok, err = core.spool_rewrite(o.spool, payloads)
-    if not ok then return nil, errors.new("transport", { message = "spool: " .. err }) end
-    local sp, oerr = core.spool_open(o.spool)
-    if not sp then return nil, errors.new("transport", { message = "spool: " .. oerr }) end
-    self.spool = sp
-    self.next_id = last
-    for _, rec in ipairs(pending) do
-      local job = fire.job(rec.url, o, rec.headers)
-      job.id, job.spooled = rec.id, true
-      self.pump:push(job)
+    local ok, err = spool_open(self, o)
+    if not ok then
+      self.pump:close()
+      return nil, err
     end
   end
   return self
@@ -134,15 +128,17 @@ function Dispatcher:fire(target, values, opts)
   local herr = fire.check_headers(headers)
   if herr then return nil, herr end
   local delay = opts and opts.delay or o.delay
-  self.next_id = self.next_id + 1
-  local id = self.next_id
-  local job = fire.job(url, o, headers)
-  job.id = id
+  local id
   if self.spool then
-    local ok, serr = spool_write(self, { op = "add", id = id, url = url, headers = headers })
-    if not ok then return nil, errors.new("transport", { message = "spool: " .. serr }) end
-    job.spooled = true
+    local serr
+    id, serr = spool_add(self, url, headers)
+    if not id then return nil, serr end
+  else
+    self.next_id = self.next_id + 1
+    id = self.next_id
   end
+  local job = fire.job(url, o, headers)
+  job.id, job.spooled = id, self.spool ~= nil
   if delay and delay > 0 then job.due = core.now() + delay end
   self.pump:push(job)
   return id
@@ -162,7 +158,7 @@ function Dispatcher:finish(job, ...)
   end
   if r.ok then
     self.delivered = self.delivered + 1
-    if job.spooled then spool_write(self, { op = "done", id = job.id }) end
+    spool_done(self, job)
   else
     self.failed = self.failed + 1 -- stays in the spool for the next dispatcher
   end
@@ -176,10 +172,7 @@ function Dispatcher:poll(timeout)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
     error("bad argument #1 to 'poll' (non-negative number expected)", 2)
   end
-  if self.dirty then
-    self.spool:sync()
-    self.dirty = false
-  end
+  spool_sync(self)
   return self.pump:step(timeout or 0)
 end
 
@@ -200,11 +193,15 @@ function Dispatcher:wait(timeout)
     end
     self:poll(math.min(left, 1))
   end
-  if self.dirty then
-    self.spool:sync()
-    self.dirty = false
-  end
+  spool_sync(self)
   return true
+end
+
+--- Counts: delivered, failed, pending, and the spool's stats() under
+-- `spool` (nil without a spool).
+function Dispatcher:stats()
+  return { delivered = self.delivered, failed = self.failed, pending = self:pending(),
+           spool = self.spool and not self.closed and self.spool:stats() or nil }
 end
 
 --- Stops: transfers in flight are abandoned (with a spool they are sent
@@ -213,10 +210,7 @@ function Dispatcher:close()
   if self.closed then return end
   self.closed = true
   self.pump:close()
-  if self.spool then
-    self.spool:sync()
-    self.spool:close()
-  end
+  spool_close(self)
 end
 Dispatcher.__close = Dispatcher.close
 Dispatcher.__gc = Dispatcher.close
