@@ -932,6 +932,8 @@ static int take_line(pb_spool *sp, const char *line, size_t len, unsigned long l
         if (off == 0) sp->hdr_len = len + 1;
     } else if (kind == '-') {
         if ((e = find_live(sp, id)) != NULL) mark_done(sp, e);
+    } else if (len - 9 - poff > sp->max_record) {
+        damaged(sp, PB_SPOOL_DAMAGED_TOO_LONG, line, len, off, lineno);
     } else if (find_live(sp, id)) {
         damaged(sp, PB_SPOOL_DAMAGED_DUPLICATE, line, len, off, lineno);
     } else {
