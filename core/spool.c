@@ -254,7 +254,7 @@ struct pb_spool {
     unsigned long long hdr_len;  /* the "=<id>" line at the start, 0 when none */
     int tail_broken;             /* bytes past good_len that could not be cut */
     int need_nl;                 /* the file ends in a kept torn line: start with '\n' */
-    int dirty;                   /* appended since the last sync */
+    int dirty;                   /* appended since the last sync: 1 done marks, 2 adds */
     long long last_id;
     entry *ents; /* by id; done ones have len 0 until squeezed out */
     size_t nents, cap, nlive;
@@ -612,7 +612,7 @@ static int append(pb_spool *sp, const char *head, size_t hlen, const char *body,
     sp->good_len += b->len;
     if (sp->good_len > sp->peak) sp->peak = sp->good_len;
     sp->need_nl = 0;
-    sp->dirty = 1;
+    if (!sp->dirty) sp->dirty = 1;
     return PB_SPOOL_OK;
 }
 
@@ -641,6 +641,7 @@ int pb_spool_add(pb_spool *sp, const char *payload, size_t len, long long *id, p
     rc = append(sp, head, id_head(head, '+', nid, 1), payload, len, &off, &n, err);
     if (rc != PB_SPOOL_OK) return rc;
     insert_entry(sp, nid, off, n);
+    sp->dirty = 2;
     sp->last_id = nid;
     sp->added++;
     *id = nid;
@@ -860,6 +861,18 @@ sysfail:
     return fail(err, PB_SPOOL_ESYS, e, "%s: compaction failed: %s", sp->path, strerror(e));
 }
 
+/* Syncs when adds were written (all = 0) or anything was (all = 1). Done
+ * marks alone need no sync of their own: one lost to a power cut means a
+ * record is sent again, which at-least-once delivery allows. */
+static int sync_file(pb_spool *sp, int all, pb_spool_err *err)
+{
+    if (sp->dirty < (all ? 1 : 2)) return PB_SPOOL_OK;
+    if (sp->io.fsync(sp->io.ud, sp->fd, 0) != 0)
+        return fail(err, PB_SPOOL_ESYS, errno, "%s: cannot sync: %s", sp->path, strerror(errno));
+    sp->dirty = 0;
+    return PB_SPOOL_OK;
+}
+
 int pb_spool_sync(pb_spool *sp, pb_spool_err *err)
 {
     if (!sp->compaction_off && sp->done_since >= sp->compact_after &&
@@ -869,11 +882,7 @@ int pb_spool_sync(pb_spool *sp, pb_spool_err *err)
         push_event(sp, PB_SPOOL_COMPACT_FAILED, 0, 0, 0, 0, 0, cerr.sys);
         sp->done_since = 0; /* try again after as many more */
     }
-    if (!sp->dirty) return PB_SPOOL_OK;
-    if (sp->io.fsync(sp->io.ud, sp->fd, 0) != 0)
-        return fail(err, PB_SPOOL_ESYS, errno, "%s: cannot sync: %s", sp->path, strerror(errno));
-    sp->dirty = 0;
-    return PB_SPOOL_OK;
+    return sync_file(sp, 0, err);
 }
 
 void pb_spool_get_stats(const pb_spool *sp, pb_spool_stats *st)
@@ -1227,6 +1236,7 @@ int pb_spool_close(pb_spool *sp, pb_spool_err *err)
     int rc;
     if (!sp) return PB_SPOOL_OK;
     rc = pb_spool_sync(sp, err);
+    if (rc == PB_SPOOL_OK) rc = sync_file(sp, 1, err);
     free_spool(sp);
     return rc;
 }

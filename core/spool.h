@@ -170,8 +170,11 @@ int pb_spool_discard(pb_spool *sp, long long id, pb_spool_err *err);
  * the way is discarded (an event) and skipped. */
 int pb_spool_next(pb_spool *sp, long long after, long long *id, pb_buf *out, pb_spool_err *err);
 
-/* Writes what was appended to the disk (fdatasync), or compacts when due
- * (which syncs). A failed compaction is an event, not an error. */
+/* Writes the records added since the last sync to the disk (one
+ * fdatasync, with the done marks written since), or compacts when due
+ * (which syncs). Done marks alone are not synced: one lost to a power cut
+ * means a record is owed again (delivered twice), never one lost. A failed
+ * compaction is an event, not an error. */
 int pb_spool_sync(pb_spool *sp, pb_spool_err *err);
 
 /* Compacts now: the file then holds the owed records and nothing else. */
@@ -185,7 +188,7 @@ void pb_spool_get_stats(const pb_spool *sp, pb_spool_stats *st);
 /* The path the spool was opened with. */
 const char *pb_spool_path(const pb_spool *sp);
 
-/* Syncs (compacting when due), releases the lock and frees sp. The result
+/* Syncs everything (compacting when due), releases the lock and frees sp. The result
  * is the sync's; sp is freed either way. NULL is fine. */
 int pb_spool_close(pb_spool *sp, pb_spool_err *err);
 
