@@ -19,6 +19,7 @@ local benches = {
   { name = "fire", script = "bench/fire.lua" },
   { name = "migrate", script = "bench/migrate.lua" },
   { name = "each", script = "bench/each.lua" },
+  { name = "spool", script = "bench/spool_soak.lua 10000 100000" },
 }
 
 local outputs = {}
@@ -45,6 +46,10 @@ local rows = {
   { "migrate: concurrency 16 vs 1 (5 ms API latency)", grab("migrate", "ratio: ([%d.]+x)"), ">= 5x" },
   { "each: heap growth over 100,000 rows", grab("each", "100,000 rows:%s+([%d.]+ MiB)"), "<= 16 MiB" },
   { "each: growth 100k rows / 10k rows", grab("each", "100k / 10k growth: ([%d.]+)"), "flat (1.0)" },
+  { "spool soak: peak spool file, 100,000 through one dispatcher", grab("spool", "\n%s+100000%s+[%d.]+%s+%d+%s+([%d.]+ MiB)"), "<= 4 MiB" },
+  { "spool soak: peak spool 100k / 10k", grab("spool", "peak spool ([%d.]+),"), "flat (1.0)" },
+  { "spool soak: peak RSS 100k / 10k", grab("spool", "peak RSS ([%d.]+),"), "flat (1.0)" },
+  { "spool soak: reopen after a crash, 100k / 10k", grab("spool", "reopen time ([%d.]+),"), "flat (1.0)" },
 }
 
 local lines = { "| measure | result | target |", "|---|---|---|" }
