@@ -1168,6 +1168,33 @@ static int make_names(pb_spool *sp, const char *path)
     return 0;
 }
 
+/* The file a symlink at path points to (following up to 16 links) in buf,
+ * or path itself: compaction must replace that file, not the link. */
+static const char *follow_links(const char *path, char *buf, size_t cap)
+{
+    char link[4096];
+    struct stat st;
+    size_t n = strlen(path);
+    int hops;
+    if (n >= cap) return path;
+    memcpy(buf, path, n + 1);
+    for (hops = 0; hops < 16; hops++) {
+        ssize_t r;
+        size_t keep = 0;
+        if (lstat(buf, &st) != 0 || !S_ISLNK(st.st_mode)) return hops ? buf : path;
+        r = readlink(buf, link, sizeof link - 1);
+        if (r <= 0) return path;
+        link[r] = '\0';
+        if (link[0] != '/') { /* relative to the link's directory */
+            char *slash = strrchr(buf, '/');
+            keep = slash ? (size_t)(slash - buf) + 1 : 0;
+        }
+        if (keep + (size_t)r >= cap) return path;
+        memcpy(buf + keep, link, (size_t)r + 1);
+    }
+    return path;
+}
+
 int pb_spool_open(pb_spool **out, const char *path, const pb_spool_opts *opts, pb_spool_err *err)
 {
     pb_spool_opts o;
@@ -1193,9 +1220,12 @@ int pb_spool_open(pb_spool **out, const char *path, const pb_spool_opts *opts, p
     sp->max_record = o.max_record ? o.max_record : PB_SPOOL_MAX_RECORD;
     if (sp->max_record > ((size_t)-1) / 2) sp->max_record = ((size_t)-1) / 2;
     sp->max_line = sp->max_record + 9 + 18; /* checksum, space, "+<id> " */
-    if (make_names(sp, path) != 0) {
-        pb_free(sp->alloc, sp, sizeof *sp);
-        return fail(err, PB_SPOOL_ENOMEM, ENOMEM, "%s: not enough memory", path);
+    {
+        char target[4096];
+        if (make_names(sp, follow_links(path, target, sizeof target)) != 0) {
+            pb_free(sp->alloc, sp, sizeof *sp);
+            return fail(err, PB_SPOOL_ENOMEM, ENOMEM, "%s: not enough memory", path);
+        }
     }
     rc = open_locked(sp, err);
     if (rc == PB_SPOOL_OK) rc = scan(sp, &size, &tail, err);

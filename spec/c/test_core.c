@@ -2463,6 +2463,31 @@ static void t_spool_bad_paths(void)
     spool_cleanup();
 }
 
+static void t_spool_symlink(void)
+{
+    char path[96], link[128];
+    pb_spool *sp = NULL, *sp2 = NULL;
+    pb_spool_err e;
+    struct stat st;
+    long long id;
+    spool_path(path, sizeof path);
+    snprintf(link, sizeof link, "%s/link", spool_dir);
+    CHECK_INT(symlink("s", link), 0);
+    CHECK_INT(pb_spool_open(&sp, link, NULL, &e), PB_SPOOL_OK);
+    CHECK_INT(pb_spool_open(&sp2, path, NULL, &e), PB_SPOOL_ELOCKED); /* one lock for both names */
+    pb_spool_add(sp, "a", 1, &id, &e);
+    pb_spool_add(sp, "b", 1, &id, &e);
+    pb_spool_done(sp, 1, &e);
+    CHECK_INT(pb_spool_compact(sp, &e), PB_SPOOL_OK);
+    pb_spool_close(sp, &e);
+    CHECK_INT(lstat(link, &st), 0);
+    CHECK(S_ISLNK(st.st_mode)); /* the file it points to was replaced, not the link */
+    CHECK_INT(pb_spool_open(&sp, path, NULL, &e), PB_SPOOL_OK);
+    CHECK_OWED(sp, "2:b;");
+    pb_spool_close(sp, &e);
+    spool_cleanup();
+}
+
 /* Fault injection through the spool's io hooks. */
 typedef struct fault {
     long budget;       /* bytes pwrite may still write (-1: no limit); then ENOSPC */
@@ -2942,6 +2967,7 @@ int main(void)
     run("spool: record files (the journal)", t_spool_file);
     run("spool: ids, done, owed, lock with the holder's pid, reopen, max_record", t_spool_basic);
     run("spool: a directory, an empty or missing path, a FIFO", t_spool_bad_paths);
+    run("spool: opened through a symlink, compaction replaces its target", t_spool_symlink);
     run("spool: failed appends are cut back; refused while the cut fails", t_spool_failed_append);
     run("spool: every bit flip of a record is found, moved out, the others kept", t_spool_bit_flips);
     run("spool: the last record cut at every byte", t_spool_truncations);
