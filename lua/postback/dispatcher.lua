@@ -37,10 +37,14 @@ local function spool_open(self, o)
   self.spool = sp
   local n = 0
   for id, rec in sp:owed() do
-    n = n + 1
-    local job = fire.job(rec.url, o, rec.headers)
-    job.id, job.spooled = id, true
-    self.pump:push(job)
+    if type(rec.url) ~= "string" then
+      sp:discard(id) -- not a postback of ours: moved to .corrupt, reported
+    else
+      n = n + 1
+      local job = fire.job(rec.url, o, rec.headers)
+      job.id, job.spooled = id, true
+      self.pump:push(job)
+    end
   end
   self.recovered = n
   return true
