@@ -509,6 +509,23 @@ describe("the dispatcher's spool", function()
     assert.truthy(read(path .. ".corrupt"):find("#", 1, true))
   end)
 
+  it("discards an owed record that is not a postback, and reports it", function()
+    local sp = assert(spool.open(path))
+    sp:add { something = "else" }
+    sp:add { url = mock.url .. "/postback?click_id=ok" }
+    sp:close()
+    local reports, on_error = collector()
+    local d = assert(postback.dispatcher { spool = path, on_error = on_error })
+    assert.equal(1, d.recovered)
+    assert.equal(1, #reports)
+    assert.equal("discarded", reports[1].code)
+    assert.equal(1, reports[1].id)
+    assert.is_true(d:wait(10))
+    d:close()
+    assert.same({ "ok" }, received_ids())
+    assert.truthy(read(path .. ".corrupt"):find("something", 1, true))
+  end)
+
   it("on a full 64 KiB tmpfs, a failed append loses neither the postback before it nor the one after", function()
     if not is_root then return pending("needs root to mount a tmpfs") end
     local mnt = tmpdir()
