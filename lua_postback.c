@@ -31,13 +31,14 @@
 #define PB_ENGINE_MT "postback.engine"
 #define PB_CURL_SENTINEL "postback.curl"
 #define PB_SPOOL_MT "postback.spool"
+#define PB_SPOOL_FILE_MT "postback.spool_file"
 
 #include "binding/support.c"  /* compatibility and stack helpers */
 #include "binding/template.c" /* template(), render() */
 #include "binding/url.c"      /* encode(), check_url(), url_info() */
 #include "binding/validate.c" /* validate(), allowed_types(), MACROS */
 #include "binding/engine.c"   /* engine() */
-#include "binding/spool.c"    /* spool_open(), spool_check(), spool_rewrite() */
+#include "binding/spool.c"    /* spool(); spool_open(), spool_check() */
 #include "binding/clock.c"    /* now(), time(), sleep() */
 #include "binding/json.c"     /* json_encode() */
 

@@ -59,6 +59,7 @@ build = {
     ["postback.executor"] = "lua/postback/executor.lua",
     ["postback.util"] = "lua/postback/util.lua",
     ["postback.retry"] = "lua/postback/retry.lua",
+    ["postback.spool"] = "lua/postback/spool.lua",
     ["postback.transport.curl"] = "lua/postback/transport/curl.lua",
     ["postback.transport.ngx"] = "lua/postback/transport/ngx.lua",
   },

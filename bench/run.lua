@@ -21,6 +21,7 @@ local benches = {
   { name = "import", script = "bench/import.lua" },
   { name = "each", script = "bench/each.lua" },
   { name = "isolation", script = "bench/isolation.lua" },
+  { name = "spool", script = "bench/spool_soak.lua 10000 100000" },
 }
 
 local outputs = {}
@@ -52,6 +53,10 @@ local rows = {
     "16/16, <= 100 ms" },
   { "isolation: 16 healthy behind 48 silent slots, dispatcher", grab("isolation", "dispatcher isolation: ([^\n]+)"),
     "16/16, <= 100 ms" },
+  { "spool soak: peak spool file, 100,000 through one dispatcher", grab("spool", "\n%s+100000%s+[%d.]+%s+%d+%s+([%d.]+ MiB)"), "<= 4 MiB" },
+  { "spool soak: peak spool 100k / 10k", grab("spool", "peak spool ([%d.]+),"), "flat (1.0)" },
+  { "spool soak: peak RSS 100k / 10k", grab("spool", "peak RSS ([%d.]+),"), "flat (1.0)" },
+  { "spool soak: reopen after a crash, 100k / 10k", grab("spool", "reopen time ([%d.]+),"), "flat (1.0)" },
 }
 
 local lines = { "| measure | result | target |", "|---|---|---|" }

@@ -318,8 +318,7 @@ describe("firing", function()
     end)
 
     after_each(function()
-      os.remove(spool)
-      os.remove(spool .. ".tmp")
+      for _, suffix in ipairs { "", ".tmp", ".lock", ".corrupt" } do os.remove(spool .. suffix) end
     end)
 
     it("keeps what failed every retry for the next dispatcher", function()
@@ -340,18 +339,23 @@ describe("firing", function()
       d3:close()
     end)
 
-    it("skips a torn last line, never fatal", function()
+    it("reports a torn last line and moves it out, never fatal", function()
       local d = assert(postback.dispatcher { spool = spool })
       d:fire(code, { click_id = "t1" })
       d:close() -- closed before sending: still owed
       local f = assert(io.open(spool, "ab"))
-      f:write('1234abcd {"op":"add","id":9,"url":"http://127.0.0.1:1/x"') -- torn, no checksum match
+      f:write('1234abcd +9 {"url":"http://127.0.0.1:1/x"') -- torn, no checksum match
       f:close()
-      local d2 = assert(postback.dispatcher { spool = spool })
+      local reported = {}
+      local d2 = assert(postback.dispatcher { spool = spool, on_error = function(e) reported[#reported + 1] = e end })
       assert.equal(1, d2.recovered)
-      assert.equal(1, d2.skipped)
+      assert.equal(1, d2:stats().spool.corrupt)
+      assert.equal(1, #reported)
+      assert.equal("torn", reported[1].reason)
+      assert.equal(9, reported[1].id)
       assert.is_true(d2:wait(5))
       d2:close()
+      os.remove(spool .. ".corrupt")
       assert.equal("t1", parse_query(received()[1].query).click_id)
     end)
 

@@ -18,7 +18,7 @@ local core = require "postback.core"
 local errors = require "postback.errors"
 local executor = require "postback.executor"
 local fire = require "postback.fire"
-local json = require "postback.json"
+local spool = require "postback.spool"
 local util = require "postback.util"
 
 local M = {}
@@ -34,6 +34,7 @@ DEFAULTS.delay = 0
 M.OPTIONS = {
   delay = { kind = "number", min = 0, max = 1e7 },
   spool = { kind = "string" },
+  spool_options = { kind = "table" },
   on_attempt = { kind = "function" },
   max_queue = { kind = "number", integer = true, min = 1, max = 1e9 },
 }
@@ -44,50 +45,14 @@ local FIRE_OPTIONS = {
   missing = { kind = "string", values = { "empty", "keep", "error" } },
 }
 
-local function spool_write(self, record)
-  local text = assert(json.encode(record))
-  local ok, err = self.spool:append(text)
-  if not ok then return nil, err end
-  self.dirty = true
-  return true
-end
-
--- Reads a spool: the records added and not done, in id order; the last id.
-local function spool_read(path)
-  local f = io.open(path, "rb")
-  if not f then return {}, 0, 0 end
-  local added, order, last, skipped = {}, {}, 0, 0
-  for line in f:lines() do
-    local payload = core.spool_check(line)
-    local rec = payload and json.decode(payload)
-    if type(rec) == "table" and type(rec.id) == "number" then
-      local id = json.tointeger(rec.id) or rec.id
-      if id > last then last = id end
-      if rec.op == "add" and type(rec.url) == "string" then
-        if not added[id] then order[#order + 1] = id end
-        added[id] = rec
-      elseif rec.op == "done" then
-        added[id] = false
-      end
-    elseif line ~= "" then
-      skipped = skipped + 1 -- torn or corrupted: skipped, never fatal
-    end
-  end
-  f:close()
-  local pending = {}
-  for _, id in ipairs(order) do
-    if added[id] then pending[#pending + 1] = added[id] end
-  end
-  return pending, last, skipped
-end
-
 -- A postback's final outcome (the executor's deliver).
 local function finish(self, job, value, err)
   local r = fire.result(job, value, err)
   r.id = job.id
   if r.ok then
     self.delivered = self.delivered + 1
-    if job.spooled then spool_write(self, { op = "done", id = job.id }) end
+    -- a mark that cannot be written means a resend after a restart, never a loss
+    if job.spooled then self.spool:done(job.id) end
   else
     self.failed = self.failed + 1 -- stays in the spool for the next dispatcher
   end
@@ -100,8 +65,9 @@ local function settle(self)
   local n = #ids
   if n == 0 then return end
   self.delivered = self.delivered + n
+  local sp = self.spool
   for i = 1, n do
-    if self.spool then spool_write(self, { op = "done", id = ids[i] }) end
+    if sp then sp:done(ids[i]) end
     ids[i] = nil
   end
 end
@@ -109,7 +75,9 @@ end
 --- Creates a dispatcher.
 -- opts: the options of fire_many (concurrency, per_host, retries, timeout,
 -- ...), delay (seconds before a postback's first try), spool (path),
--- max_queue, on_result(result), on_attempt(info), on_error(info).
+-- spool_options (compact_after, max_record: see postback.spool), max_queue,
+-- on_result(result), on_attempt(info), on_error(info) (callbacks that
+-- raised; with a spool also its damaged records and failed compactions).
 -- @return dispatcher, or nil, err when the spool cannot be opened
 function M.new(opts)
   local o = fire.options(opts, 1, "dispatcher", M.OPTIONS, DEFAULTS)
@@ -137,22 +105,26 @@ function M.new(opts)
   }
 
   if o.spool then
-    local pending, last, skipped = spool_read(o.spool)
-    self.recovered, self.skipped = #pending, skipped
-    -- Compact: rewrite the file with just what is still owed.
-    local payloads = {}
-    for i, rec in ipairs(pending) do payloads[i] = assert(json.encode(rec)) end
-    local ok, err = core.spool_rewrite(o.spool, payloads)
-    if not ok then self.ex:close() return nil, errors.new("transport", { message = "spool: " .. err }) end
-    local sp, oerr = core.spool_open(o.spool)
-    if not sp then self.ex:close() return nil, errors.new("transport", { message = "spool: " .. oerr }) end
-    self.spool = sp
-    self.next_id = last
-    for _, rec in ipairs(pending) do
-      local job = fire.job(rec.url, o, rec.headers)
-      job.id, job.tag, job.spooled = rec.id, rec.id, true
-      self.ex:push(job)
+    local so = { on_error = o.on_error }
+    for k, v in pairs(o.spool_options or {}) do so[k] = v end
+    local sp, err = spool.open(o.spool, so)
+    if not sp then
+      self.ex:close()
+      return nil, err
     end
+    self.spool = sp
+    local n = 0
+    for id, rec in sp:owed() do
+      if type(rec) ~= "table" or type(rec.url) ~= "string" then
+        sp:discard(id) -- not a postback of ours: moved to .corrupt, reported
+      else
+        n = n + 1
+        local job = fire.job(rec.url, o, rec.headers)
+        job.id, job.tag, job.spooled = id, id, true
+        self.ex:push(job)
+      end
+    end
+    self.recovered = n
   end
   return self
 end
@@ -190,10 +162,10 @@ function Dispatcher:fire(target, values, opts)
   local delay = opts and opts.delay or o.delay
   local ex = self.ex
   local fast = ex.fast and headers == nil and not (delay and delay > 0)
-  local id = self.next_id + 1
 
   if fast and not self.spool and (type(target) == "string" or getmetatable(target) == core.template_mt) then
     -- rendered and queued in C
+    local id = self.next_id + 1
     local ok, err = self.transport:fire(target, values, id, render)
     if not ok then return nil, err end
     self.next_id = id
@@ -205,11 +177,16 @@ function Dispatcher:fire(target, values, opts)
   if herr then return nil, herr end
   local url, err = fire.render_target(target, values, { render = render, max_url = o.max_url })
   if not url then return nil, err end
+  local id
   if self.spool then
-    local ok, serr = spool_write(self, { op = "add", id = id, url = url, headers = headers })
-    if not ok then return nil, errors.new("transport", { message = "spool: " .. serr }) end
+    -- in the file before the id is returned
+    local serr
+    id, serr = self.spool:add { url = url, headers = headers }
+    if not id then return nil, serr end
+  else
+    id = self.next_id + 1
+    self.next_id = id
   end
-  self.next_id = id
   if fast then
     local ok, why = self.transport:fire_url(url, id)
     if ok then
@@ -233,10 +210,7 @@ function Dispatcher:poll(timeout)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
     util.argerror(1, "poll", "non-negative number expected", 2)
   end
-  if self.dirty then
-    self.spool:sync()
-    self.dirty = false
-  end
+  if self.spool then self.spool:sync() end -- group commit; compaction when due
   local n = self.ex:step(timeout or 0)
   settle(self)
   return n
@@ -262,10 +236,7 @@ function Dispatcher:wait(timeout)
     end
     self:poll(math.min(left, 1))
   end
-  if self.dirty then
-    self.spool:sync()
-    self.dirty = false
-  end
+  if self.spool then self.spool:sync() end
   return true
 end
 
@@ -275,6 +246,7 @@ function Dispatcher:stats()
   local s = self.ex:stats()
   s.delivered, s.failed = self.delivered, self.failed
   s.pending = self:pending()
+  if self.spool then s.spool = self.spool:stats() end
   return s
 end
 
@@ -284,10 +256,7 @@ function Dispatcher:close()
   if self.closed then return end
   self.closed = true
   self.ex:close()
-  if self.spool then
-    self.spool:sync()
-    self.spool:close()
-  end
+  if self.spool then self.spool:close() end
 end
 Dispatcher.__close = Dispatcher.close
 Dispatcher.__gc = Dispatcher.close
