@@ -35,7 +35,7 @@ build = {
       sources = {
         "lua_postback.c",
         "core/buf.c", "core/clock.c", "core/encode.c", "core/engine.c",
-        "core/macros.c", "core/spool.c", "core/template.c", "core/url.c",
+        "core/macros.c", "core/netpolicy.c", "core/spool.c", "core/template.c", "core/url.c",
         "core/validate.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L" },
