@@ -1167,129 +1167,180 @@ typedef struct urlcase {
     int request_ok;  /* pb_check_request_url returns NULL */
     int loopback;    /* -1 = not checked */
     int https;       /* -1 = not checked */
+    unsigned flags;  /* PB_URL_ALLOW_USERINFO */
 } urlcase;
 
+#define UI PB_URL_ALLOW_USERINFO
+
 static const urlcase urlcases[] = {
-    { "http://example.com", 0, 1, 1, 0, 0 },
-    { "https://example.com/p?a=1#f", 0, 1, 1, 0, 1 },
-    { "HTTPS://EXAMPLE.COM/", 0, 1, 1, 0, 1 },
-    { "HtTp://x", 0, 1, 1, 0, 0 },
-    { "http://example.com?x=1", 0, 1, 1, 0, 0 },
-    { "http://example.com#frag", 0, 1, 1, 0, 0 },
-    { "http://ex_ample-1.example.com./x", 0, 1, 1, 0, 0 },
-    { "http://\xC3\xA9xample.com/", 0, 1, 1, 0, 0 },
-    { "http://example.com/{click_id}?a={aff_id}", 0, 1, 1, 0, 0 },
+    { "http://example.com", 0, 1, 1, 0, 0, 0 },
+    { "https://example.com/p?a=1#f", 0, 1, 1, 0, 1, 0 },
+    { "HTTPS://EXAMPLE.COM/", 0, 1, 1, 0, 1, 0 },
+    { "HtTp://x", 0, 1, 1, 0, 0, 0 },
+    { "http://example.com?x=1", 0, 1, 1, 0, 0, 0 },
+    { "http://example.com#frag", 0, 1, 1, 0, 0, 0 },
+    { "http://ex_ample-1.example.com./x", 0, 1, 1, 0, 0, 0 },
+    { "http://\xC3\xA9xample.com/", 0, 1, 1, 0, 0, 0 },
+    { "http://example.com/{click_id}?a={aff_id}", 0, 1, 1, 0, 0, 0 },
     /* not http(s), not absolute */
-    { "ftp://example.com/", 0, 0, 0, 0, 0 },
-    { "example.com/x", 0, 0, 0, 0, 0 },
-    { "//example.com/", 0, 0, 0, 0, 0 },
-    { "http:/example.com", 0, 0, 0, 0, 0 },
-    { "http:example.com", 0, 0, 0, 0, 0 },
-    { "https:/", 0, 0, 0, 0, 0 },
-    { "httpx://example.com", 0, 0, 0, 0, 0 },
-    { "", 0, 0, 0, 0, 0 },
-    { "{scheme}://example.com", 0, 0, 0, 0, 0 },
+    { "ftp://example.com/", 0, 0, 0, 0, 0, 0 },
+    { "example.com/x", 0, 0, 0, 0, 0, 0 },
+    { "//example.com/", 0, 0, 0, 0, 0, 0 },
+    { "http:/example.com", 0, 0, 0, 0, 0, 0 },
+    { "http:example.com", 0, 0, 0, 0, 0, 0 },
+    { "https:/", 0, 0, 0, 0, 0, 0 },
+    { "httpx://example.com", 0, 0, 0, 0, 0, 0 },
+    { "", 0, 0, 0, 0, 0, 0 },
+    { "{scheme}://example.com", 0, 0, 0, 0, 0, 0 },
     /* no host */
-    { "http://", 0, 0, 0, 0, 0 },
-    { "https://", 0, 0, 0, 0, 1 },
-    { "http:///path", 0, 0, 0, 0, 0 },
-    { "http://?q", 0, 0, 0, 0, 0 },
-    { "http://#f", 0, 0, 0, 0, 0 },
-    { "http://user@", 0, 0, 0, 0, 0 },
-    { "http://user:pw@/x", 0, 0, 0, 0, 0 },
-    { "http://:80/", 0, 0, 0, 0, 0 },
-    /* userinfo */
-    { "http://user:pass@example.com/", 0, 1, 1, 0, 0 },
-    { "http://user@example.com:8080/", 0, 1, 1, 0, 0 },
-    { "http://@example.com/", 0, 1, 1, 0, 0 },
+    { "http://", 0, 0, 0, 0, 0, 0 },
+    { "https://", 0, 0, 0, 0, 1, 0 },
+    { "http:///path", 0, 0, 0, 0, 0, 0 },
+    { "http://?q", 0, 0, 0, 0, 0, 0 },
+    { "http://#f", 0, 0, 0, 0, 0, 0 },
+    { "http://user@", 0, 0, 0, 0, 0, 0 },
+    { "http://user:pw@/x", 0, 0, 0, 0, 0, 0 },
+    { "http://:80/", 0, 0, 0, 0, 0, 0 },
+    /* userinfo: refused unless allowed */
+    { "http://user:pass@example.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://user@example.com:8080/", 0, 0, 0, 0, 0, 0 },
+    { "http://@example.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://:@example.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://user:pass@example.com/", 0, 1, 1, 0, 0, UI },
+    { "http://user@example.com:8080/", 0, 1, 1, 0, 0, UI },
+    { "http://@example.com/", 0, 1, 1, 0, 0, UI },
+    { "http://u%40x:p%3Aw@example.com/", 0, 1, 1, 0, 0, UI },
+    { "http://user@/", 0, 0, 0, 0, 0, UI },
+    { "http://a@b@example.com/", 0, 0, 0, -1, 0, UI },
+    /* an '@' after the authority is not user info */
+    { "http://example.com/a@b?c@d#e@f", 0, 1, 1, 0, 0, 0 },
     /* an unencoded '@' in the userinfo: libcurl refuses it (host "b@c"), the
      * check takes the host after the last '@' */
-    { "http://a@b@example.com/", 0, 0, 0, -1, 0 },
+    { "http://a@b@example.com/", 0, 0, 0, -1, 0, 0 },
     /* ports */
-    { "http://example.com:80/", 0, 1, 1, 0, 0 },
-    { "http://example.com:1", 0, 1, 1, 0, 0 },
-    { "http://example.com:65535/", 0, 1, 1, 0, 0 },
-    { "http://example.com:0/", 0, 0, 0, 0, 0 },
-    { "http://example.com:00000/", 0, 0, 0, 0, 0 },
-    { "http://example.com:65536/", 0, 0, 0, 0, 0 },
-    { "http://example.com:99999/", 0, 0, 0, 0, 0 },
-    { "http://example.com:123456/", 0, 0, 0, 0, 0 },
-    { "http://example.com:/", 0, 0, 0, 0, 0 },
-    { "http://example.com:8a/", 0, 0, 0, 0, 0 },
-    { "http://example.com:-1/", 0, 0, 0, 0, 0 },
-    { "http://example.com:80:81/", 0, 0, 0, 0, 0 },
+    { "http://example.com:80/", 0, 1, 1, 0, 0, 0 },
+    { "http://example.com:1", 0, 1, 1, 0, 0, 0 },
+    { "http://example.com:65535/", 0, 1, 1, 0, 0, 0 },
+    { "http://example.com:0/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:00000/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:65536/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:99999/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:123456/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:8a/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:-1/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:80:81/", 0, 0, 0, 0, 0, 0 },
     /* IPv6 */
-    { "http://[::1]/", 0, 1, 1, 1, 0 },
-    { "https://[::1]:8443/x", 0, 1, 1, 1, 1 },
-    { "http://[2001:db8::1]/", 0, 1, 1, 0, 0 },
-    { "http://[2001:DB8::A]:65535", 0, 1, 1, 0, 0 },
-    { "http://[::ffff:192.0.2.1]/", 0, 1, 1, 0, 0 },
-    { "http://[::2]/", 0, 1, 1, 0, 0 },
-    { "http://[]/", 0, 0, 0, 0, 0 },
-    { "http://[::1/", 0, 0, 0, -1, 0 }, /* loopback host, refused URL */
-    { "http://[::1]x/", 0, 0, 0, -1, 0 }, /* loopback host, refused URL */
-    { "http://[::g]/", 0, 0, 0, 0, 0 },
-    { "http://[::1]:0/", 0, 0, 0, -1, 0 }, /* loopback host, refused URL */
-    { "http://[::1]:65536/", 0, 0, 0, -1, 0 }, /* loopback host, refused URL */
-    { "http://[::1]:/", 0, 0, 0, -1, 0 }, /* loopback host, refused URL */
-    { "http://::1/", 0, 0, 0, 0, 0 },
+    { "http://[::1]/", 0, 1, 1, 1, 0, 0 },
+    { "https://[::1]:8443/x", 0, 1, 1, 1, 1, 0 },
+    { "http://[2001:db8::1]/", 0, 1, 1, 0, 0, 0 },
+    { "http://[2001:DB8::A]:65535", 0, 1, 1, 0, 0, 0 },
+    { "http://[::ffff:192.0.2.1]/", 0, 1, 1, 0, 0, 0 },
+    { "http://[::2]/", 0, 1, 1, 0, 0, 0 },
+    { "http://[]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[::1/", 0, 0, 0, -1, 0, 0 }, /* loopback host, refused URL */
+    { "http://[::1]x/", 0, 0, 0, -1, 0, 0 }, /* loopback host, refused URL */
+    { "http://[::g]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[::1]:0/", 0, 0, 0, -1, 0, 0 }, /* loopback host, refused URL */
+    { "http://[::1]:65536/", 0, 0, 0, -1, 0, 0 }, /* loopback host, refused URL */
+    { "http://[::1]:/", 0, 0, 0, -1, 0, 0 }, /* loopback host, refused URL */
+    { "http://::1/", 0, 0, 0, 0, 0, 0 },
     /* Not IPv6 addresses, but the bracket check only looks at the characters;
      * libcurl 7.88 refuses all three (CURLE_URL_MALFORMAT), so a request URL
      * that passes here fails only when sent. */
-    { "http://[:]/", 0, 0, 0, 0, 0 },
-    { "http://[.]/", 0, 0, 0, 0, 0 },
-    { "http://[1.2.3.4]/", 0, 0, 0, 0, 0 },
+    { "http://[:]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[.]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[1.2.3.4]/", 0, 0, 0, 0, 0, 0 },
     /* still malformed IPv6 (two "::", ":::", a 5-digit group, 9 groups, a
      * 5-part IPv4 tail): libcurl 7.88 refuses each with CURLE_URL_MALFORMAT */
-    { "http://[1::2::3]/", 0, 0, 0, 0, 0 },
-    { "http://[:::1]/", 0, 0, 0, 0, 0 },
-    { "http://[12345::1]/", 0, 0, 0, 0, 0 },
-    { "http://[1:2:3:4:5:6:7:8:9]/", 0, 0, 0, 0, 0 },
-    { "http://[::1.2.3.4.5]/", 0, 0, 0, 0, 0 },
-    { "http://[1:2:3:4:5:6:7:8]/", 0, 1, 1, 0, 0 },
-    { "http://[::ffff:127.0.0.1]:8080/", 0, 1, 1, -1, 0 },
+    { "http://[1::2::3]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[:::1]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[12345::1]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[1:2:3:4:5:6:7:8:9]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[::1.2.3.4.5]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[1:2:3:4:5:6:7:8]/", 0, 1, 1, 0, 0, 0 },
+    { "http://[::ffff:127.0.0.1]:8080/", 0, 1, 1, -1, 0, 0 },
     /* bad bytes */
-    { "http://exa mple.com/", 0, 0, 0, 0, 0 },
-    { "http://example.com/a b", 0, 0, 0, 0, 0 },
-    { "http://example.com/\r\nX-Injected: 1", 0, 0, 0, 0, 0 },
-    { "http://example.com/\n", 0, 0, 0, 0, 0 },
-    { "http://example.com/\t", 0, 0, 0, 0, 0 },
-    { "http://example.com/\x7f", 0, 0, 0, 0, 0 },
-    { "http://example.com/\0x", 21, 0, 0, 0, 0 },
-    { "http://localhost\0.example.com/", 30, 0, 0, -1, 0 },
-    { "http://exa<mple.com/", 0, 0, 0, 0, 0 },
-    { "http://exa\"mple.com/", 0, 0, 0, 0, 0 },
-    { "http://exa,mple.com/", 0, 0, 0, 0, 0 },
-    { "http://exa|mple.com/", 0, 0, 0, 0, 0 },
+    { "http://exa mple.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com/a b", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com/\r\nX-Injected: 1", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com/\n", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com/\t", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com/\x7f", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com/\0x", 21, 0, 0, 0, 0, 0 },
+    { "http://localhost\0.example.com/", 30, 0, 0, -1, 0, 0 },
+    { "http://exa<mple.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://exa\"mple.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://exa,mple.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://exa|mple.com/", 0, 0, 0, 0, 0, 0 },
     /* macros in the host and port: postback code only */
-    { "http://{aff_sub1}/x", 0, 1, 0, 0, 0 },
-    { "https://{aff_sub1}.example.com/pb?c={click_id}", 0, 1, 0, 0, 1 },
-    { "http://{a}{b}/", 0, 1, 0, 0, 0 },
-    { "http://example.com:{port}/", 0, 1, 0, 0, 0 },
-    { "http://{host}:{port}/{path}", 0, 1, 0, 0, 0 },
-    { "http://user@{host}/", 0, 1, 0, 0, 0 },
+    { "http://{aff_sub1}/x", 0, 1, 0, 0, 0, 0 },
+    { "https://{aff_sub1}.example.com/pb?c={click_id}", 0, 1, 0, 0, 1, 0 },
+    { "http://{a}{b}/", 0, 1, 0, 0, 0, 0 },
+    { "http://example.com:{port}/", 0, 1, 0, 0, 0, 0 },
+    { "http://{host}:{port}/{path}", 0, 1, 0, 0, 0, 0 },
+    { "http://user@{host}/", 0, 0, 0, 0, 0, 0 },
+    { "http://user@{host}/", 0, 1, 0, 0, 0, UI },
+    { "http://{a}.{b}.example/", 0, 1, 0, 0, 0, 0 },
+    { "http://%7Ba%7D.%7bb%7d.example/", 0, 1, 0, 0, 0, 0 },
+    { "http://x{a}y.example/", 0, 1, 0, 0, 0, 0 },
+    /* braces and percent signs in a host are whole macros or refused */
+    { "http://{a/", 0, 0, 0, 0, 0, 0 },
+    { "http://a}/", 0, 0, 0, 0, 0, 0 },
+    { "http://{}/", 0, 0, 0, 0, 0, 0 },
+    { "http://{a-b}/", 0, 0, 0, 0, 0, 0 },
+    { "http://%7Ba/", 0, 0, 0, 0, 0, 0 },
+    { "http://%7Ba%7/", 0, 0, 0, 0, 0, 0 },
+    { "http://%7B%7D/", 0, 0, 0, 0, 0, 0 },
+    { "http://ex%00ample.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://good.com%2fevil/", 0, 0, 0, 0, 0, 0 },
+    { "http://good.com%2Fevil.example/", 0, 0, 0, 0, 0, 0 },
+    { "http://ex%61mple.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com%/", 0, 0, 0, 0, 0, 0 },
+    { "http://%/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:{a}{b}/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:{a/", 0, 0, 0, 0, 0, 0 },
+    /* a kept placeholder is fine in the path and query of a request */
+    { "http://example.com/%7Bx%7D?y=%7Bz%7D", 0, 1, 1, 0, 0, 0 },
+    /* internationalised hosts: valid IDNs only (converted with libidn2) */
+    { "http://m\xC3\xBCnchen.de/", 0, 1, 1, 0, 0, 0 },
+    { "http://M\xC3\x9CNCHEN.DE/", 0, 1, 1, 0, 0, 0 },
+    { "http://\xE2\x98\x83.com/", 0, 1, 1, 0, 0, 0 },        /* UTS 46 transitional */
+    { "http://fa\xC3\x9F.de/", 0, 1, 1, 0, 0, 0 },
+    { "http://\xEF\xBD\x85x.com/", 0, 1, 1, 0, 0, 0 },       /* fullwidth e: mapped */
+    { "http://\xFF.de/", 0, 0, 0, 0, 0, 0 },                   /* not UTF-8 */
+    { "http://\xC3.de/", 0, 0, 0, 0, 0, 0 },                   /* cut UTF-8 */
+    { "http://\xC0\xAE.de/", 0, 0, 0, 0, 0, 0 },              /* overlong '.' */
+    { "http://good.com\xEF\xBC\x8F" "evil/", 0, 0, 0, 0, 0, 0 }, /* fullwidth '/' */
+    { "http://good.com\xEF\xBC\x85" "2f/", 0, 0, 0, 0, 0, 0 },   /* fullwidth '%' */
+    { "http://a\xE2\x80\x8B" "b.com/", 0, 1, 1, 0, 0, 0 }, /* zero-width space: mapped away */
+    { "http://\xD8\xA7" "a.com/", 0, 0, 0, 0, 0, 0 },          /* bidi rule */
+    { "http://{sub}.m\xC3\xBCnchen.de/", 0, 1, 0, 0, 0, 0 },
+    { "http://{sub}.\xFF.de/", 0, 0, 0, 0, 0, 0 },              /* the label without a macro */
+    { "http://\xFF{sub}.de/", 0, 1, 0, 0, 0, 0 },               /* checked once rendered */
+    { "http://xn--mnchen-3ya.de/", 0, 1, 1, 0, 0, 0 },
     /* url.h: "Macros ({name}, %7Bname%7D) may stand anywhere, the host included";
      * templates recognise both spellings, and {port} is accepted in the port,
      * so %7Bport%7D must be too (currently refused: "has an invalid port"). */
-    { "http://%7Bhost%7D/", 0, 1, -1, 0, 0 },
-    { "http://example.com:%7Bport%7D/", 0, 1, 0, 0, 0 },
+    { "http://%7Bhost%7D/", 0, 1, 0, 0, 0, 0 },
+    { "http://example.com:%7Bport%7D/", 0, 1, 0, 0, 0, 0 },
     /* loopback */
-    { "http://localhost/", 0, 1, 1, 1, 0 },
-    { "http://LocalHost:8080/x", 0, 1, 1, 1, 0 },
-    { "http://127.0.0.1/", 0, 1, 1, 1, 0 },
-    { "http://127.0.0.1:9000/pb", 0, 1, 1, 1, 0 },
-    { "http://127.255.255.254/", 0, 1, 1, 1, 0 },
-    { "http://user:pw@localhost/", 0, 1, 1, 1, 0 },
-    { "http://localhost@example.com/", 0, 1, 1, 0, 0 },
-    { "http://127.0.0.1@example.com/", 0, 1, 1, 0, 0 },
-    { "http://localhost.example.com/", 0, 1, 1, 0, 0 },
-    { "http://127.0.0.1.nip.io/", 0, 1, 1, 0, 0 },
-    { "http://128.0.0.1/", 0, 1, 1, 0, 0 },
-    { "http://0.0.0.0/", 0, 1, 1, 0, 0 },
-    { "http://localhos/", 0, 1, 1, 0, 0 },
-    { "http://10.127.0.1/", 0, 1, 1, 0, 0 },
-    { "ftp://localhost/", 0, 0, 0, 0, 0 },
-    { "localhost", 0, 0, 0, 0, 0 },
+    { "http://localhost/", 0, 1, 1, 1, 0, 0 },
+    { "http://LocalHost:8080/x", 0, 1, 1, 1, 0, 0 },
+    { "http://127.0.0.1/", 0, 1, 1, 1, 0, 0 },
+    { "http://127.0.0.1:9000/pb", 0, 1, 1, 1, 0, 0 },
+    { "http://127.255.255.254/", 0, 1, 1, 1, 0, 0 },
+    { "http://user:pw@localhost/", 0, 1, 1, 1, 0, UI },
+    { "http://localhost@example.com/", 0, 1, 1, 0, 0, UI },
+    { "http://127.0.0.1@example.com/", 0, 1, 1, 0, 0, UI },
+    { "http://localhost.example.com/", 0, 1, 1, 0, 0, 0 },
+    { "http://127.0.0.1.nip.io/", 0, 1, 1, 0, 0, 0 },
+    { "http://128.0.0.1/", 0, 1, 1, 0, 0, 0 },
+    { "http://0.0.0.0/", 0, 1, 1, 0, 0, 0 },
+    { "http://localhos/", 0, 1, 1, 0, 0, 0 },
+    { "http://10.127.0.1/", 0, 1, 1, 0, 0, 0 },
+    { "ftp://localhost/", 0, 0, 0, 0, 0, 0 },
+    { "localhost", 0, 0, 0, 0, 0, 0 },
 };
 
 static void t_urls(void)
@@ -1298,10 +1349,15 @@ static void t_urls(void)
     for (i = 0; i < sizeof urlcases / sizeof urlcases[0]; i++) {
         const urlcase *u = &urlcases[i];
         size_t n = u->len ? u->len : strlen(u->url);
-        const char *cw = pb_check_code_url(u->url, n);
-        const char *rw = pb_check_request_url(u->url, n);
+        const char *cw = pb_check_code_url_ex(u->url, n, u->flags);
+        const char *rw = pb_check_request_url_ex(u->url, n, u->flags);
         char name[300];
-        snprintf(name, sizeof name, "URL %s", show(u->url, n));
+        snprintf(name, sizeof name, "URL %s%s", show(u->url, n), u->flags ? " (allow_userinfo)" : "");
+        if (!u->flags) {
+            /* the plain functions are the _ex ones without flags */
+            CHECK(pb_check_code_url(u->url, n) == cw);
+            CHECK(pb_check_request_url(u->url, n) == rw);
+        }
         if ((cw == NULL) != u->code_ok) {
             cur_fail++;
             diagf("pb_check_code_url: expected %s, got %s", u->code_ok ? "ok" : "a refusal",
@@ -1331,6 +1387,169 @@ static void t_url_reasons(void)
     CHECK_STR(pb_check_code_url("http://[x]", 10), "has a malformed IPv6 host");
     CHECK_STR(pb_check_code_url("http://a:0", 10), "has an invalid port");
     CHECK_STR(pb_check_request_url("http://{h}/", 11), "has an invalid character in its host");
+    CHECK_STR(pb_check_request_url("http://a%2e.b/", 14), "has a percent-encoded byte in its host");
+    CHECK_STR(pb_check_code_url("http://a%2e.b/", 14), "has a percent-encoded byte in its host");
+    CHECK_STR(pb_check_request_url("http://u@h/", 11), "has user info (user:password@), refused unless allowed");
+    CHECK_STR(pb_check_request_url("http://\xFF/", 9),
+              "has a host name that is not a valid internationalised domain name");
+    {
+        /* a 64-character label, and a 300-byte name */
+        char u[400];
+        memset(u, 0, sizeof u);
+        strcpy(u, "http://\xC3\xBC");
+        memset(u + strlen(u), 'a', 63);
+        strcat(u, ".de/");
+        CHECK_STR(pb_check_request_url(u, strlen(u)), "has a host name that is too long");
+        strcpy(u, "http://\xC3\xBC");
+        memset(u + strlen(u), 'a', 300);
+        CHECK_STR(pb_check_request_url(u, strlen(u)), "has a host name that is too long");
+        strcpy(u, "http://");
+        memset(u + strlen(u), 'a', 300);
+        CHECK(pb_check_request_url(u, strlen(u)) == NULL); /* ASCII names are not limited */
+    }
+}
+
+typedef struct asciicase {
+    const char *in;
+    unsigned flags;
+    int rc;          /* 0 unchanged, 1 converted, PB_EINVAL */
+    const char *out; /* when rc is 1; the reason when PB_EINVAL */
+} asciicase;
+
+static const asciicase asciicases[] = {
+    { "http://example.com/", 0, 0, NULL },
+    { "HTTP://Example.COM:8080/a/../b/./c?#", 0, 0, NULL }, /* kept byte for byte */
+    { "http://x/%2e%2e/%7Bx%7D?", 0, 0, NULL },
+    { "http://m\xC3\xBCnchen.de/x", 0, 1, "http://xn--mnchen-3ya.de/x" },
+    { "https://M\xC3\x9CNCHEN.DE:8443/?q#f", 0, 1, "https://xn--mnchen-3ya.de:8443/?q#f" },
+    { "http://\xE2\x98\x83.com/", 0, 1, "http://xn--n3h.com/" },
+    { "http://fa\xC3\x9F.de/", 0, 1, "http://xn--fa-hia.de/" },
+    { "http://\xEF\xBC\x91\xEF\xBC\x92\xEF\xBC\x97.0.0.1/", 0, 1, "http://127.0.0.1/" }, /* fullwidth digits */
+    /* IPv4 in every form libcurl reads */
+    { "http://2130706433/", 0, 1, "http://127.0.0.1/" },
+    { "http://0177.0.0.1/", 0, 1, "http://127.0.0.1/" },
+    { "http://0x7f.1/", 0, 1, "http://127.0.0.1/" },
+    { "http://0X7F.0.0.01:81/", 0, 1, "http://127.0.0.1:81/" },
+    { "http://127.1/", 0, 1, "http://127.0.0.1/" },
+    { "http://1.2.3/", 0, 1, "http://1.2.0.3/" },
+    { "http://4294967295/", 0, 1, "http://255.255.255.255/" },
+    { "http://0/", 0, 1, "http://0.0.0.0/" },
+    { "http://000000000000000000000000001/", 0, 1, "http://0.0.0.1/" },
+    { "http://127.0.0.1/", 0, 0, NULL },
+    { "http://4294967296/", 0, 0, NULL }, /* too large: a name */
+    { "http://0x100000000/", 0, 0, NULL },
+    { "http://999.1.1.1/", 0, 0, NULL },
+    { "http://1.2.3.4.5/", 0, 0, NULL },
+    { "http://1.2.3.4./", 0, 0, NULL },
+    { "http://1..2/", 0, 0, NULL },
+    { "http://08/", 0, 0, NULL },
+    { "http://0x/", 0, 0, NULL },
+    { "http://0xg/", 0, 0, NULL },
+    { "http://1.256/", 0, 1, "http://1.0.1.0/" },
+    { "http://1.16777216/", 0, 0, NULL },
+    { "http://1.2.65536/", 0, 0, NULL },
+    /* IPv6 in its RFC 5952 form */
+    { "http://[0:0::1]:8080/", 0, 1, "http://[::1]:8080/" },
+    { "http://[::FFFF:127.0.0.1]/", 0, 1, "http://[::ffff:127.0.0.1]/" },
+    { "http://[2001:DB8:0:0:0:0:0:1]/", 0, 1, "http://[2001:db8::1]/" },
+    { "http://[::1]/", 0, 0, NULL },
+    /* bytes >= 0x80 outside the host */
+    { "http://x/\xC3\xA9?\xC3\xA9#\xC3\xA9", 0, 1, "http://x/%C3%A9?%C3%A9#%C3%A9" },
+    { "http://x/\x80\xFF", 0, 1, "http://x/%80%FF" },
+    { "http://m\xC3\xBCnchen.de/\xC3\xBC", 0, 1, "http://xn--mnchen-3ya.de/%C3%BC" },
+    /* user info */
+    { "http://u:p@x/", 0, PB_EINVAL, "URL has user info (user:password@), refused unless allowed" },
+    { "http://u:p@x/", PB_URL_ALLOW_USERINFO, 0, NULL },
+    { "http://u\xC3\xA9:p@2130706433/", PB_URL_ALLOW_USERINFO, 1, "http://u%C3%A9:p@127.0.0.1/" },
+    /* refused as check_url refuses */
+    { "ftp://x/", 0, PB_EINVAL, "URL is not an absolute http:// or https:// URL" },
+    { "http://ex%61mple.com/", 0, PB_EINVAL, "URL has a percent-encoded byte in its host" },
+    { "http://{x}/", 0, PB_EINVAL, "URL has an invalid character in its host" },
+    { "http://\xFF/", 0, PB_EINVAL, "URL has a host name that is not a valid internationalised domain name" },
+    { "http://x/ y", 0, PB_EINVAL, "URL contains whitespace or control characters" },
+};
+
+static void t_url_to_ascii(void)
+{
+    size_t i;
+    for (i = 0; i < sizeof asciicases / sizeof asciicases[0]; i++) {
+        const asciicase *c = &asciicases[i];
+        pb_buf b;
+        char why[160];
+        int rc;
+        pb_buf_init(&b, NULL);
+        strcpy(why, "untouched");
+        rc = pb_url_to_ascii(c->in, strlen(c->in), c->flags, &b, why, sizeof why);
+        CHECK_INT(rc, c->rc);
+        if (rc == 1 && c->rc == 1) CHECK_BUF(b, c->out);
+        if (rc == 0) CHECK_INT(b.len, 0);
+        if (rc == PB_EINVAL && c->rc == PB_EINVAL) CHECK_STR(why, c->out);
+        if (rc == 1) {
+            /* the converted URL passes the check and is its own ASCII form */
+            pb_buf b2;
+            size_t k;
+            CHECK(pb_check_request_url_ex(b.data, b.len, c->flags) == NULL);
+            for (k = 0; k < b.len; k++) CHECK((unsigned char)b.data[k] < 0x80);
+            pb_buf_init(&b2, NULL);
+            CHECK_INT(pb_url_to_ascii(b.data, b.len, c->flags, &b2, NULL, 0), 0);
+            pb_buf_free(&b2);
+        }
+        if (cur_fail) diagf("  for %s", show(c->in, strlen(c->in)));
+        pb_buf_free(&b);
+        if (cur_fail) break;
+    }
+    /* it appends; a limit or a failure leaves the buffer as it was */
+    {
+        pb_buf b;
+        pb_buf_init(&b, NULL);
+        CHECK_INT(pb_buf_puts(&b, "url: "), PB_OK);
+        CHECK_INT(pb_url_to_ascii("http://127.1/\xC3\xA9", 15, 0, &b, NULL, 0), 1);
+        CHECK_BUF(b, "url: http://127.0.0.1/%C3%A9");
+        pb_buf_reset(&b);
+        CHECK_INT(pb_buf_puts(&b, "url: "), PB_OK);
+        b.limit = 20;
+        CHECK_INT(pb_url_to_ascii("http://127.1/\xC3\xA9", 15, 0, &b, NULL, 0), PB_ELIMIT);
+        CHECK_BUF(b, "url: ");
+        b.limit = 22;
+        CHECK_INT(pb_url_to_ascii("http://127.1/", 13, 0, &b, NULL, 0), 1);
+        CHECK_BUF(b, "url: http://127.0.0.1/");
+        pb_buf_free(&b);
+    }
+}
+
+static void t_oom_url_to_ascii(void)
+{
+    counter c;
+    pb_alloc a;
+    long n, steps = 0;
+    int done = 0;
+    const char *in = "http://2130706433/\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9"
+                     "\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9"
+                     "/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    a.fn = counter_fn;
+    a.ud = &c;
+    for (n = 1; n <= 20 && !done; n++) {
+        pb_buf b;
+        int rc;
+        counter_init(&c, n);
+        pb_buf_init(&b, &a);
+        rc = pb_url_to_ascii(in, strlen(in), 0, &b, NULL, 0);
+        steps = n;
+        if (c.failed) {
+            CHECK_INT(rc, PB_ENOMEM);
+            CHECK_INT(b.len, 0);
+        } else {
+            CHECK_INT(rc, 1);
+            CHECK(b.len > 100 && memcmp(b.data, "http://127.0.0.1/%C3%A9", 23) == 0);
+            done = 1;
+        }
+        pb_buf_free(&b);
+        CHECK_CLEAN(c, n);
+        counter_done(&c);
+    }
+    CHECK(done);
+    CHECK(steps >= 2);
+    diagf("pb_url_to_ascii succeeded at allocation step %ld", steps);
 }
 
 static void t_url_https(void)
@@ -2933,6 +3152,7 @@ int main(void)
     run("format: booleans, strings, bad kinds", t_format_other);
     t_urls();
     run("URL: refusal reasons", t_url_reasons);
+    run("pb_url_to_ascii: IDN, IPv4 and IPv6 forms, bytes >= 0x80, refusals", t_url_to_ascii);
     run("pb_url_is_https", t_url_https);
     run("pb_find_crlf_nul", t_find_crlf_nul);
     run("macros: the 28 names and pb_macro_index", t_macro_index);
@@ -2954,6 +3174,7 @@ int main(void)
     run("OOM: pb_template_render into a counting buffer", t_oom_render);
     run("OOM: pb_url_encode / pb_url_decode", t_oom_encode_decode);
     run("OOM: pb_validate", t_oom_validate);
+    run("OOM: pb_url_to_ascii", t_oom_url_to_ascii);
     run("netpolicy: IPv4 ranges: first, last, just outside", t_np_v4_ranges);
     run("netpolicy: IPv6 ranges: first, last, just outside; 2000::/3", t_np_v6_ranges);
     run("netpolicy: IPv4 in IPv6 (mapped, NAT64, 6to4, Teredo) judged as IPv4", t_np_embedded);
