@@ -92,6 +92,12 @@ build/ctest/test_core: spec/c/test_core.c $(CORE_SRC) $(CORE_HDR)
 	$(CC) $(WARN) -O1 -g $(SAN) -D_POSIX_C_SOURCE=200809L $(CORE_CFLAGS) -I. \
 	  spec/c/test_core.c $(CORE_SRC) -o $@ $(CORE_LIBS) -lm
 
+# postback's URL checks against libcurl's own parser (curl_url), on generated URLs.
+build/ctest/url_diff: spec/c/url_diff.c $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) -O1 -g $(SAN) -D_POSIX_C_SOURCE=200809L $(CORE_CFLAGS) -I. \
+	  spec/c/url_diff.c $(CORE_SRC) -o $@ $(CORE_LIBS) -lm
+
 # The embedded example: a C game loop with Lua 5.4 and postback linked in.
 build/game_server: examples/game_server/main.c lua_postback.c $(BINDING_SRC) $(CORE_SRC) $(CORE_HDR) | deps
 	@mkdir -p $(dir $@)

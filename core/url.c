@@ -140,42 +140,33 @@ static const char *check_idn(const char *h, size_t n)
     return why;
 }
 
-/* The host of a code URL: names, whole macros, IDN labels checked unless
- * they hold a macro (they are checked again when rendered). */
+/* The host of a code URL: names and whole macros. An internationalised host
+ * is checked with each macro standing for "a": rendered values are
+ * percent-encoded, so a macro renders to letters, digits, "-._~" (or to a
+ * percent sign, which the check of the rendered URL refuses). */
 static const char *check_code_host(const char *s, size_t h, size_t e)
 {
-    size_t i, m, label;
-    int any_macro = 0, any_wide = 0;
+    char buf[MAX_IDN_HOST + 1];
+    size_t i, m, k = 0;
+    int any_wide = 0;
     for (i = h; i < e; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '{' || c == '%') {
             m = macro_at(s, i, e);
             if (!m) return c == '%' ? "has a percent-encoded byte in its host"
                                     : "has an invalid character in its host";
-            any_macro = 1;
             i += m - 1;
+            c = 'a';
         } else if (c >= 0x80) {
             any_wide = 1;
         } else if (!host_char_ok(c)) {
             return "has an invalid character in its host";
         }
+        if (k < sizeof buf) buf[k++] = (char)c;
     }
     if (!any_wide) return NULL;
-    if (!any_macro) return check_idn(s + h, e - h);
-    /* every '{' and '%' starts a whole macro now, and macros hold no '.' */
-    for (label = h, i = h; i <= e; i++) {
-        if (i < e && s[i] != '.') continue;
-        if (!memchr(s + label, '{', i - label) && !memchr(s + label, '%', i - label)) {
-            size_t k;
-            for (k = label; k < i && (unsigned char)s[k] < 0x80; k++) {}
-            if (k < i) {
-                const char *why = check_idn(s + label, i - label);
-                if (why) return why;
-            }
-        }
-        label = i + 1;
-    }
-    return NULL;
+    if (k > MAX_IDN_HOST) return "has a host name that is too long";
+    return check_idn(buf, k);
 }
 
 static const char *check_request_host(const char *s, size_t h, size_t e)
@@ -368,11 +359,14 @@ int pb_url_to_ascii(const char *s, size_t n, unsigned flags, pb_buf *out, char *
             set_why(why, whylen, "URL ", "has a malformed IPv6 host");
             return PB_EINVAL;
         }
-        text[0] = '[';
-        i = strlen(text);
-        text[i] = ']';
-        text[i + 1] = '\0';
-        host = text;
+        /* as libcurl: the RFC 5952 form only when it is shorter */
+        if (strlen(text + 1) < hlen - 2) {
+            text[0] = '[';
+            i = strlen(text);
+            text[i] = ']';
+            text[i + 1] = '\0';
+            host = text;
+        }
     } else {
         for (i = 0; i < hlen; i++)
             if ((unsigned char)host[i] >= 0x80) break;

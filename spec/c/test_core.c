@@ -1316,8 +1316,9 @@ static const urlcase urlcases[] = {
     { "http://a\xE2\x80\x8B" "b.com/", 0, 1, 1, 0, 0, 0 }, /* zero-width space: mapped away */
     { "http://\xD8\xA7" "a.com/", 0, 0, 0, 0, 0, 0 },          /* bidi rule */
     { "http://{sub}.m\xC3\xBCnchen.de/", 0, 1, 0, 0, 0, 0 },
-    { "http://{sub}.\xFF.de/", 0, 0, 0, 0, 0, 0 },              /* the label without a macro */
-    { "http://\xFF{sub}.de/", 0, 1, 0, 0, 0, 0 },               /* checked once rendered */
+    { "http://{sub}.\xFF.de/", 0, 0, 0, 0, 0, 0 },
+    { "http://\xC3\xBC{sub}.de/", 0, 1, 0, 0, 0, 0 },
+    { "http://\xFF{sub}.de/", 0, 0, 0, 0, 0, 0 },               /* not UTF-8, whatever the value */
     { "http://xn--mnchen-3ya.de/", 0, 1, 1, 0, 0, 0 },
     /* url.h: "Macros ({name}, %7Bname%7D) may stand anywhere, the host included";
      * templates recognise both spellings, and {port} is accepted in the port,
@@ -1450,7 +1451,9 @@ static const asciicase asciicases[] = {
     { "http://1.2.65536/", 0, 0, NULL },
     /* IPv6 in its RFC 5952 form */
     { "http://[0:0::1]:8080/", 0, 1, "http://[::1]:8080/" },
-    { "http://[::FFFF:127.0.0.1]/", 0, 1, "http://[::ffff:127.0.0.1]/" },
+    { "http://[::FFFF:127.0.0.1]/", 0, 0, NULL }, /* not shorter: kept, as libcurl keeps it */
+    { "http://[::FFFF:7F00:1]/", 0, 0, NULL },
+    { "http://[0:0:0:0:0:FFFF:7F00:1]/", 0, 1, "http://[::ffff:127.0.0.1]/" },
     { "http://[2001:DB8:0:0:0:0:0:1]/", 0, 1, "http://[2001:db8::1]/" },
     { "http://[::1]/", 0, 0, NULL },
     /* bytes >= 0x80 outside the host */

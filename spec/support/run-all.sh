@@ -53,7 +53,11 @@ for s in $suites; do
     ctest)
       make -s build/ctest/test_core >/dev/null 2>"$logdir/ctest-build.log" ||
         { cat "$logdir/ctest-build.log"; total_fail=$((total_fail + 1)); continue; }
-      run_suite ctest build/ctest/test_core ;;
+      run_suite ctest build/ctest/test_core
+      # core's URL checks against libcurl's own parser
+      make -s build/ctest/url_diff >/dev/null 2>"$logdir/url_diff-build.log" ||
+        { cat "$logdir/url_diff-build.log"; total_fail=$((total_fail + 1)); continue; }
+      run_suite url_diff build/ctest/url_diff README.md ;;
     lua5.4|lua5.3|lua5.1|luajit)
       command -v "$s" >/dev/null 2>&1 || { echo "== $s: not installed, skipped"; continue; }
       make -s LUA="$s" all >/dev/null || { total_fail=$((total_fail + 1)); continue; }
