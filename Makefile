@@ -17,12 +17,18 @@ LUA_INC  ?= $(shell pkg-config --cflags-only-I $(LUA_PC) 2>/dev/null)
 CURL_INCDIR ?= $(shell pkg-config --variable=includedir libcurl 2>/dev/null)
 CURL_CFLAGS ?= $(shell pkg-config --cflags libcurl 2>/dev/null)
 CURL_LIBS   ?= $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
+# libidn2: core/url.c converts internationalised hosts itself, whatever the locale.
+IDN_CFLAGS  ?= $(shell pkg-config --cflags libidn2 2>/dev/null)
+IDN_LIBS    ?= $(shell pkg-config --libs libidn2 2>/dev/null || echo -lidn2)
+# What every program built from core/ compiles and links with.
+CORE_CFLAGS = $(CURL_CFLAGS) $(IDN_CFLAGS)
+CORE_LIBS   = $(CURL_LIBS) $(IDN_LIBS)
 
 WARN     := -std=c99 -Wall -Wextra -Werror -pedantic -Wmissing-prototypes -Wshadow
 OPT      ?= -O2 -g
 CFLAGS_ALL = $(WARN) $(OPT) -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L \
-             $(LUA_INC) $(CURL_CFLAGS) -I. $(EXTRA_CFLAGS)
-LDFLAGS_ALL = -shared $(CURL_LIBS) -lm $(EXTRA_LDFLAGS)
+             $(LUA_INC) $(CORE_CFLAGS) -I. $(EXTRA_CFLAGS)
+LDFLAGS_ALL = -shared $(CORE_LIBS) -lm $(EXTRA_LDFLAGS)
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_HDR := $(wildcard core/*.h)
@@ -30,7 +36,7 @@ LUA_SRC  := $(shell find lua -name '*.lua')
 LUA_OUT  := $(patsubst lua/%,$(BUILD)/%,$(LUA_SRC))
 
 # Debian packages each job needs (installed by .ci/deps.sh when missing).
-PKG_BUILD := make gcc pkg-config libcurl4-openssl-dev lua5.4 liblua5.4-dev lua-cjson
+PKG_BUILD := make gcc pkg-config libcurl4-openssl-dev libidn2-dev lua5.4 liblua5.4-dev lua-cjson
 PKG_DEMO  := $(PKG_BUILD) lua-socket
 PKG_TEST  := $(PKG_BUILD) lua-busted lua-socket lua-check luarocks clang valgrind libclang-rt-14-dev \
              nginx libnginx-mod-http-lua wrk curl lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev \
@@ -83,15 +89,21 @@ valgrind-test: test-deps
 SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 build/ctest/test_core: spec/c/test_core.c $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(WARN) -O1 -g $(SAN) -D_POSIX_C_SOURCE=200809L $(CURL_CFLAGS) -I. \
-	  spec/c/test_core.c $(CORE_SRC) -o $@ $(CURL_LIBS) -lm
+	$(CC) $(WARN) -O1 -g $(SAN) -D_POSIX_C_SOURCE=200809L $(CORE_CFLAGS) -I. \
+	  spec/c/test_core.c $(CORE_SRC) -o $@ $(CORE_LIBS) -lm
+
+# postback's URL checks against libcurl's own parser (curl_url), on generated URLs.
+build/ctest/url_diff: spec/c/url_diff.c $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) -O1 -g $(SAN) -D_POSIX_C_SOURCE=200809L $(CORE_CFLAGS) -I. \
+	  spec/c/url_diff.c $(CORE_SRC) -o $@ $(CORE_LIBS) -lm
 
 # The embedded example: a C game loop with Lua 5.4 and postback linked in.
 build/game_server: examples/game_server/main.c lua_postback.c $(BINDING_SRC) $(CORE_SRC) $(CORE_HDR) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -O2 -g -D_POSIX_C_SOURCE=200809L $(shell pkg-config --cflags lua5.4) \
-	  $(CURL_CFLAGS) -I. examples/game_server/main.c lua_postback.c $(CORE_SRC) -o $@ \
-	  $(shell pkg-config --libs lua5.4) $(CURL_LIBS) -lm
+	  $(CORE_CFLAGS) -I. examples/game_server/main.c lua_postback.c $(CORE_SRC) -o $@ \
+	  $(shell pkg-config --libs lua5.4) $(CORE_LIBS) -lm
 
 # libcurl's own multi loop in plain C: the ceiling the fire benchmark compares with.
 build/bench/multi_c: bench/multi_c.c
@@ -101,8 +113,8 @@ build/bench/multi_c: bench/multi_c.c
 # The pure-C peer of the render benchmark.
 build/bench/render_c: bench/render_c.c $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) -std=c99 -O2 -D_POSIX_C_SOURCE=200809L $(CURL_CFLAGS) -I. bench/render_c.c \
-	  $(CORE_SRC) -o $@ $(CURL_LIBS) -lm
+	$(CC) -std=c99 -O2 -D_POSIX_C_SOURCE=200809L $(CORE_CFLAGS) -I. bench/render_c.c \
+	  $(CORE_SRC) -o $@ $(CORE_LIBS) -lm
 
 # libFuzzer harnesses: make fuzz FUZZ_SECONDS=N runs each for N seconds,
 # starting from the checked-in seeds in fuzz/seeds/<harness>/.
@@ -111,7 +123,7 @@ FUZZERS := $(patsubst fuzz/%.c,build/fuzz/%,$(wildcard fuzz/fuzz_*.c))
 build/fuzz/%: fuzz/%.c $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-	  -D_POSIX_C_SOURCE=200809L $(CURL_CFLAGS) -I. $< $(CORE_SRC) -o $@ $(CURL_LIBS) -lm
+	  -D_POSIX_C_SOURCE=200809L $(CORE_CFLAGS) -I. $< $(CORE_SRC) -o $@ $(CORE_LIBS) -lm
 
 fuzz: test-deps $(FUZZERS)
 	@for f in $(FUZZERS); do \

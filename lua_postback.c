@@ -20,6 +20,7 @@
 #include "core/engine.h"
 #include "core/json.h"
 #include "core/macros.h"
+#include "core/netpolicy.h"
 #include "core/spool.h"
 #include "core/suggest.h"
 #include "core/template.h"
@@ -32,10 +33,12 @@
 #define PB_CURL_SENTINEL "postback.curl"
 #define PB_SPOOL_MT "postback.spool"
 #define PB_SPOOL_FILE_MT "postback.spool_file"
+#define PB_NETPOLICY_MT "postback.netpolicy"
 
 #include "binding/support.c"  /* compatibility and stack helpers */
 #include "binding/template.c" /* template(), render() */
-#include "binding/url.c"      /* encode(), check_url(), url_info() */
+#include "binding/url.c"      /* encode(), check_url(), url_to_ascii(), url_info() */
+#include "binding/netpolicy.c" /* netpolicy() */
 #include "binding/validate.c" /* validate(), allowed_types(), MACROS */
 #include "binding/engine.c"   /* engine() */
 #include "binding/spool.c"    /* spool(); spool_open(), spool_check() */
@@ -62,6 +65,7 @@ PB_EXPORT int luaopen_postback_core(lua_State *L)
     lua_setfield(L, -2, "error_mt");
     open_template(L);
     open_url(L);
+    open_netpolicy(L);
     open_validate(L);
     open_engine(L);
     open_spool(L);

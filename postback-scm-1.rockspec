@@ -28,8 +28,11 @@ dependencies = {
 -- library is what LuaRocks looks for (it knows the multiarch library
 -- directories); the compiler's own search path then finds the header. Where
 -- curl lives elsewhere, pass CURL_DIR=... or CURL_INCDIR=... to luarocks.
+-- libidn2 (Debian: libidn2-dev) converts internationalised host names, so
+-- that they fire the same whatever the process locale.
 external_dependencies = {
   CURL = { library = "curl" },
+  IDN2 = { header = "idn2.h", library = "idn2" },
 }
 build = {
   type = "builtin",
@@ -38,13 +41,14 @@ build = {
       sources = {
         "lua_postback.c",
         "core/buf.c", "core/clock.c", "core/encode.c", "core/engine.c", "core/json.c",
-        "core/macros.c", "core/spool.c", "core/suggest.c", "core/template.c", "core/url.c",
+        "core/macros.c", "core/netpolicy.c", "core/spool.c", "core/suggest.c", "core/template.c",
+        "core/url.c",
         "core/validate.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      incdirs = { "$(CURL_INCDIR)", "." },
-      libdirs = { "$(CURL_LIBDIR)" },
-      libraries = { "curl" },
+      incdirs = { "$(CURL_INCDIR)", "$(IDN2_INCDIR)", "." },
+      libdirs = { "$(CURL_LIBDIR)", "$(IDN2_LIBDIR)" },
+      libraries = { "curl", "idn2" },
     },
     ["postback"] = "lua/postback/init.lua",
     ["postback.client"] = "lua/postback/client.lua",

@@ -50,7 +50,7 @@ static int cmp_unknown(const void *a, const void *b)
     return x->len < y->len ? -1 : x->len > y->len;
 }
 
-/* validate(rec, partial, protocol, max_code_len, allow_unknown_macros)
+/* validate(rec, partial, protocol, max_code_len, allow_unknown_macros, allow_userinfo)
  *   -> true | false, {{field=, code=, message=[, macro=]}, ...} */
 static int l_validate(lua_State *L)
 {
@@ -80,6 +80,7 @@ static int l_validate(lua_State *L)
         o.max_code_len = (size_t)m;
     }
     o.allow_unknown_macros = lua_toboolean(L, 5);
+    o.allow_userinfo = lua_toboolean(L, 6);
     lua_settop(L, 1);
 
     /* First pass: count the keys that are not postback fields. */

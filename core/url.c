@@ -1,8 +1,15 @@
-/* url.c - URL checks shared by validation and the HTTP engine. */
+/* url.c - URL checks shared by validation and the HTTP engine, and the
+ * ASCII form of a URL that is handed to libcurl. */
 #include "url.h"
 
 #include <arpa/inet.h>
+#include <idn2.h>
+#include <stdio.h>
 #include <string.h>
+
+/* Longest host handed to libidn2 (a DNS name is at most 253 bytes; UTF-8
+ * takes up to 4 bytes a character). */
+#define MAX_IDN_HOST 1024
 
 static int ieq_prefix(const char *s, size_t n, const char *p)
 {
@@ -24,108 +31,382 @@ static size_t scheme_len(const char *s, size_t n)
     return 0;
 }
 
-/* The authority (after "scheme://", up to / ? #) of s. */
-static void authority(const char *s, size_t n, size_t *off, size_t *len)
-{
-    size_t i = scheme_len(s, n), j = i;
-    while (j < n && s[j] != '/' && s[j] != '?' && s[j] != '#') j++;
-    *off = i;
-    *len = j - i;
-}
+/* Where the parts of an http(s) URL are (offsets into s). */
+typedef struct parts {
+    size_t auth, auth_end; /* the authority, after "scheme://", up to / ? # */
+    size_t nat;            /* '@' in the authority */
+    size_t host, host_end; /* after the last '@', before ":port" */
+    int has_port;          /* a ':' follows the host */
+    size_t port, port_end; /* after that ':' */
+} parts;
 
-/* The host inside an authority: after the last '@', before ":port". */
-static void host_of(const char *a, size_t n, size_t *off, size_t *len, size_t *port_off)
+static void split(const char *s, size_t n, parts *p)
 {
-    size_t i, start = 0, end;
-    for (i = 0; i < n; i++)
-        if (a[i] == '@') start = i + 1;
-    end = n;
-    if (start < n && a[start] == '[') {
-        for (i = start; i < n && a[i] != ']'; i++) {}
-        end = i < n ? i + 1 : n;
+    size_t i, j;
+    p->auth = scheme_len(s, n);
+    for (j = p->auth; j < n && s[j] != '/' && s[j] != '?' && s[j] != '#'; j++) {}
+    p->auth_end = j;
+    p->nat = 0;
+    p->host = p->auth;
+    for (i = p->auth; i < j; i++)
+        if (s[i] == '@') {
+            p->nat++;
+            p->host = i + 1;
+        }
+    p->host_end = j;
+    if (p->host < j && s[p->host] == '[') {
+        for (i = p->host; i < j && s[i] != ']'; i++) {}
+        p->host_end = i < j ? i + 1 : j;
     } else {
-        for (i = start; i < n; i++)
-            if (a[i] == ':') {
-                end = i;
+        for (i = p->host; i < j; i++)
+            if (s[i] == ':') {
+                p->host_end = i;
                 break;
             }
     }
-    *off = start;
-    *len = end - start;
-    *port_off = end;
+    p->has_port = p->host_end < j;
+    p->port = p->has_port ? p->host_end + 1 : j;
+    p->port_end = j;
 }
 
 static int host_char_ok(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '~' || c == '%' || c == '{' || c == '}' ||
-           c >= 0x80; /* internationalised names */
+           c == '-' || c == '.' || c == '_' || c == '~';
 }
 
-static const char *check_common(const char *s, size_t n, int allow_macros)
+static int name_char(unsigned char c)
 {
-    size_t i, aoff, alen, hoff, hlen, poff;
-    const char *a;
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '_';
+}
+
+/* Length of a whole macro ({name} or %7Bname%7D) at s[i..end), or 0. */
+static size_t macro_at(const char *s, size_t i, size_t end)
+{
+    size_t j;
+    if (s[i] == '{') {
+        for (j = i + 1; j < end && name_char((unsigned char)s[j]); j++) {}
+        return j > i + 1 && j < end && s[j] == '}' ? j + 1 - i : 0;
+    }
+    if (s[i] == '%' && end - i > 6 && s[i + 1] == '7' && (s[i + 2] | 0x20) == 'b') {
+        for (j = i + 3; j < end && name_char((unsigned char)s[j]); j++) {}
+        if (j > i + 3 && end - j >= 3 && s[j] == '%' && s[j + 1] == '7' && (s[j + 2] | 0x20) == 'd')
+            return j + 3 - i;
+    }
+    return 0;
+}
+
+/* Converts a UTF-8 host name to ASCII as libcurl does with libidn2:
+ * IDNA 2008 non-transitional with NFC, then UTS 46 transitional for names
+ * it disallows. Returns IDN2_OK with *out to free with idn2_free, or an
+ * IDN2_ error. */
+static int idn_convert(const char *h, size_t n, char **out)
+{
+    char buf[MAX_IDN_HOST + 1];
+    int rc;
+    *out = NULL;
+    if (n > MAX_IDN_HOST) return IDN2_TOO_BIG_DOMAIN;
+    memcpy(buf, h, n);
+    buf[n] = '\0';
+    rc = idn2_to_ascii_8z(buf, out, IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL);
+    if (rc == IDN2_DISALLOWED) rc = idn2_to_ascii_8z(buf, out, IDN2_TRANSITIONAL);
+    if (rc != IDN2_OK) {
+        idn2_free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+static const char *const bad_idn = "has a host name that is not a valid internationalised domain name";
+
+/* The reason an internationalised name h[0..n) is refused, or NULL. */
+static const char *check_idn(const char *h, size_t n)
+{
+    char *a = NULL;
+    const char *why = NULL, *p;
+    int rc = idn_convert(h, n, &a);
+    if (rc == IDN2_MALLOC) return "has a host name that could not be checked (out of memory)";
+    if (rc == IDN2_TOO_BIG_DOMAIN || rc == IDN2_TOO_BIG_LABEL || rc == IDN2_PUNYCODE_BIG_OUTPUT)
+        return "has a host name that is too long";
+    if (rc != IDN2_OK) return bad_idn;
+    for (p = a; *p; p++)
+        if (!host_char_ok((unsigned char)*p)) {
+            why = bad_idn; /* a character that maps to '/', '%', ... */
+            break;
+        }
+    if (!*a) why = bad_idn;
+    idn2_free(a);
+    return why;
+}
+
+/* The host of a code URL: names and whole macros. An internationalised host
+ * is checked with each macro standing for "a": rendered values are
+ * percent-encoded, so a macro renders to letters, digits, "-._~" (or to a
+ * percent sign, which the check of the rendered URL refuses). */
+static const char *check_code_host(const char *s, size_t h, size_t e)
+{
+    char buf[MAX_IDN_HOST + 1];
+    size_t i, m, k = 0;
+    int any_wide = 0;
+    for (i = h; i < e; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '{' || c == '%') {
+            m = macro_at(s, i, e);
+            if (!m) return c == '%' ? "has a percent-encoded byte in its host"
+                                    : "has an invalid character in its host";
+            i += m - 1;
+            c = 'a';
+        } else if (c >= 0x80) {
+            any_wide = 1;
+        } else if (!host_char_ok(c)) {
+            return "has an invalid character in its host";
+        }
+        if (k < sizeof buf) buf[k++] = (char)c;
+    }
+    if (!any_wide) return NULL;
+    if (k > MAX_IDN_HOST) return "has a host name that is too long";
+    return check_idn(buf, k);
+}
+
+static const char *check_request_host(const char *s, size_t h, size_t e)
+{
+    size_t i;
+    int wide = 0;
+    for (i = h; i < e; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '%') return "has a percent-encoded byte in its host";
+        if (c >= 0x80) wide = 1;
+        else if (!host_char_ok(c)) return "has an invalid character in its host";
+    }
+    return wide ? check_idn(s + h, e - h) : NULL;
+}
+
+static const char *check_common(const char *s, size_t n, int allow_macros, unsigned flags)
+{
+    size_t i;
+    parts p;
     for (i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c <= 0x20 || c == 0x7f) return "contains whitespace or control characters";
     }
     if (!scheme_len(s, n)) return "is not an absolute http:// or https:// URL";
-    authority(s, n, &aoff, &alen);
-    a = s + aoff;
-    {
-        size_t ats = 0;
-        for (i = 0; i < alen; i++) ats += a[i] == '@';
-        if (ats > 1) return "has an '@' in its user info";
-    }
-    host_of(a, alen, &hoff, &hlen, &poff);
-    if (hlen == 0) return "has no host";
-    if (a[hoff] == '[') {
-        /* An IPv6 literal, as inet_pton reads it (e.g. [::1]). */
+    split(s, n, &p);
+    if (p.nat > 1) return "has an '@' in its user info";
+    if (p.host == p.host_end) return "has no host";
+    if (p.nat && !(flags & PB_URL_ALLOW_USERINFO))
+        return "has user info (user:password@), refused unless allowed";
+    if (s[p.host] == '[') {
+        /* An IPv6 literal, as inet_pton reads it (e.g. [::1]), no zone. */
         char addr[INET6_ADDRSTRLEN];
         unsigned char bin[16];
-        size_t alen6 = hlen - 2;
-        if (a[hoff + hlen - 1] != ']' || hlen < 4 || alen6 >= sizeof addr)
+        size_t hlen = p.host_end - p.host, alen6 = hlen - 2;
+        if (hlen < 4 || s[p.host_end - 1] != ']' || alen6 >= sizeof addr)
             return "has a malformed IPv6 host";
-        memcpy(addr, a + hoff + 1, alen6);
+        memcpy(addr, s + p.host + 1, alen6);
         addr[alen6] = '\0';
         if (inet_pton(AF_INET6, addr, bin) != 1) return "has a malformed IPv6 host";
     } else {
-        for (i = hoff; i < hoff + hlen; i++) {
-            unsigned char c = (unsigned char)a[i];
-            if (!host_char_ok(c) || (!allow_macros && (c == '{' || c == '}')))
-                return "has an invalid character in its host";
-        }
+        const char *why = allow_macros ? check_code_host(s, p.host, p.host_end)
+                                       : check_request_host(s, p.host, p.host_end);
+        if (why) return why;
     }
-    if (poff < alen) {
-        /* ":port": digits (at most 65535), or a macro in postback code */
-        const char *p = a + poff + 1;
-        size_t plen = alen - poff - 1;
+    if (p.has_port) {
+        /* ":port": digits (at most 65535), or a whole macro in postback code */
+        const char *pt = s + p.port;
+        size_t plen = p.port_end - p.port;
         unsigned long port = 0;
-        if (a[poff] != ':') return "has an invalid character in its host";
-        if (allow_macros && plen > 2 && p[0] == '{' && p[plen - 1] == '}') return NULL;
-        if (allow_macros && plen > 6 && p[0] == '%' && p[1] == '7' && (p[2] == 'B' || p[2] == 'b') &&
-            p[plen - 3] == '%' && p[plen - 2] == '7' && (p[plen - 1] == 'D' || p[plen - 1] == 'd'))
-            return NULL;
+        if (s[p.host_end] != ':') return "has an invalid character in its host";
+        if (allow_macros && plen && macro_at(s, p.port, p.port_end) == plen) return NULL;
         if (plen == 0 || plen > 5) return "has an invalid port";
         for (i = 0; i < plen; i++) {
-            if (p[i] < '0' || p[i] > '9') return "has an invalid port";
-            port = port * 10 + (unsigned long)(p[i] - '0');
+            if (pt[i] < '0' || pt[i] > '9') return "has an invalid port";
+            port = port * 10 + (unsigned long)(pt[i] - '0');
         }
         if (port == 0 || port > 65535) return "has an invalid port";
     }
     return NULL;
 }
 
+const char *pb_check_code_url_ex(const char *s, size_t n, unsigned flags)
+{
+    return check_common(s, n, 1, flags);
+}
+
 const char *pb_check_code_url(const char *s, size_t n)
 {
-    return check_common(s, n, 1);
+    return check_common(s, n, 1, 0);
+}
+
+const char *pb_check_request_url_ex(const char *s, size_t n, unsigned flags)
+{
+    return check_common(s, n, 0, flags);
 }
 
 const char *pb_check_request_url(const char *s, size_t n)
 {
-    return check_common(s, n, 0);
+    return check_common(s, n, 0, 0);
 }
+
+/* ---- the ASCII form ----------------------------------------------------- */
+
+/* libcurl's reading of a host as an IPv4 address: one to four parts
+ * separated by dots, each decimal, octal (leading 0) or hex (0x), the last
+ * one filling the remaining bytes. Returns 1 with the address in *out, 0 when
+ * the host is a name. */
+static int ipv4_number(const char *h, size_t n, unsigned long *out)
+{
+    unsigned long part[4];
+    size_t i = 0;
+    int np = 0;
+    for (;;) {
+        unsigned long v = 0;
+        unsigned base = 10;
+        size_t start;
+        if (i >= n || h[i] < '0' || h[i] > '9') return 0;
+        if (h[i] == '0' && i + 1 < n && (h[i + 1] == 'x' || h[i + 1] == 'X')) {
+            base = 16;
+            i += 2;
+        } else if (h[i] == '0') {
+            base = 8;
+        }
+        start = i;
+        for (; i < n; i++) {
+            unsigned d;
+            char c = h[i];
+            if (c >= '0' && c <= '9') d = (unsigned)(c - '0');
+            else if (base == 16 && c >= 'a' && c <= 'f') d = (unsigned)(c - 'a' + 10);
+            else if (base == 16 && c >= 'A' && c <= 'F') d = (unsigned)(c - 'A' + 10);
+            else break;
+            if (d >= base) break;
+            v = v * base + d;
+            if (v > 0xffffffffUL) return 0;
+        }
+        /* "0x" with no digit reads as 0 followed by 'x': a name */
+        if (base == 16 && i == start) return 0;
+        part[np++] = v;
+        if (i == n) break;
+        if (h[i] != '.' || np == 4) return 0;
+        i++;
+    }
+    switch (np) {
+    case 1: *out = part[0]; break;
+    case 2:
+        if (part[0] > 0xff || part[1] > 0xffffff) return 0;
+        *out = part[0] << 24 | part[1];
+        break;
+    case 3:
+        if (part[0] > 0xff || part[1] > 0xff || part[2] > 0xffff) return 0;
+        *out = part[0] << 24 | part[1] << 16 | part[2];
+        break;
+    default:
+        if (part[0] > 0xff || part[1] > 0xff || part[2] > 0xff || part[3] > 0xff) return 0;
+        *out = part[0] << 24 | part[1] << 16 | part[2] << 8 | part[3];
+        break;
+    }
+    return 1;
+}
+
+static void set_why(char *why, size_t whylen, const char *a, const char *b)
+{
+    if (why && whylen) snprintf(why, whylen, "%s%s", a, b);
+}
+
+/* Appends s[from..to) with every byte >= 0x80 as %XX. */
+static int put_encoded(pb_buf *b, const char *s, size_t from, size_t to)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t i, run = from;
+    for (i = from; i < to; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char e[3];
+        if (c < 0x80) continue;
+        int rc = pb_buf_append(b, s + run, i - run);
+        if (rc != PB_OK) return rc;
+        e[0] = '%';
+        e[1] = hex[c >> 4];
+        e[2] = hex[c & 15];
+        if ((rc = pb_buf_append(b, e, 3)) != PB_OK) return rc;
+        run = i + 1;
+    }
+    return pb_buf_append(b, s + run, to - run);
+}
+
+int pb_url_to_ascii(const char *s, size_t n, unsigned flags, pb_buf *out, char *why,
+                    size_t whylen)
+{
+    const char *bad = pb_check_request_url_ex(s, n, flags);
+    char text[INET6_ADDRSTRLEN + 2], *idn = NULL;
+    const char *host;
+    size_t hlen, i, orig = out->len;
+    unsigned long v4;
+    int wide_rest = 0, rc;
+    parts p;
+
+    if (bad) {
+        set_why(why, whylen, "URL ", bad);
+        return PB_EINVAL;
+    }
+    split(s, n, &p);
+    host = s + p.host;
+    hlen = p.host_end - p.host;
+    if (host[0] == '[') {
+        unsigned char bin[16];
+        char addr[INET6_ADDRSTRLEN];
+        memcpy(addr, host + 1, hlen - 2);
+        addr[hlen - 2] = '\0';
+        if (inet_pton(AF_INET6, addr, bin) != 1 || !inet_ntop(AF_INET6, bin, text + 1, INET6_ADDRSTRLEN)) {
+            set_why(why, whylen, "URL ", "has a malformed IPv6 host");
+            return PB_EINVAL;
+        }
+        /* as libcurl: the RFC 5952 form only when it is shorter */
+        if (strlen(text + 1) < hlen - 2) {
+            text[0] = '[';
+            i = strlen(text);
+            text[i] = ']';
+            text[i + 1] = '\0';
+            host = text;
+        }
+    } else {
+        for (i = 0; i < hlen; i++)
+            if ((unsigned char)host[i] >= 0x80) break;
+        if (i < hlen) {
+            rc = idn_convert(host, hlen, &idn);
+            if (rc == IDN2_MALLOC) return PB_ENOMEM;
+            if (rc != IDN2_OK) { /* refused by the check already; kept for safety */
+                set_why(why, whylen, "URL ", bad_idn);
+                return PB_EINVAL;
+            }
+            host = idn;
+            hlen = strlen(idn);
+        }
+        if (ipv4_number(host, hlen, &v4)) {
+            snprintf(text, sizeof text, "%lu.%lu.%lu.%lu", v4 >> 24, (v4 >> 16) & 0xff,
+                     (v4 >> 8) & 0xff, v4 & 0xff);
+            host = text;
+        }
+    }
+    if (host != s + p.host) hlen = strlen(host);
+    for (i = 0; i < n && !wide_rest; i++)
+        if ((unsigned char)s[i] >= 0x80 && (i < p.host || i >= p.host_end)) wide_rest = 1;
+    if (!wide_rest && hlen == p.host_end - p.host && memcmp(host, s + p.host, hlen) == 0) {
+        idn2_free(idn);
+        return 0;
+    }
+    rc = put_encoded(out, s, 0, p.host);
+    if (rc == PB_OK) rc = pb_buf_append(out, host, hlen);
+    if (rc == PB_OK) rc = put_encoded(out, s, p.host_end, n);
+    idn2_free(idn);
+    if (rc != PB_OK) {
+        out->len = orig;
+        if (out->data) out->data[orig] = '\0';
+        set_why(why, whylen, rc == PB_ELIMIT ? "URL too long" : "out of memory", "");
+        return rc;
+    }
+    return 1;
+}
+
+/* ---- small questions ------------------------------------------------------ */
 
 long pb_find_crlf_nul(const char *s, size_t n)
 {
@@ -142,12 +423,13 @@ int pb_url_is_https(const char *s, size_t n)
 
 int pb_url_is_loopback(const char *s, size_t n)
 {
-    size_t aoff, alen, hoff, hlen, poff, i;
+    size_t hlen, i;
     const char *h;
+    parts p;
     if (!scheme_len(s, n)) return 0;
-    authority(s, n, &aoff, &alen);
-    host_of(s + aoff, alen, &hoff, &hlen, &poff);
-    h = s + aoff + hoff;
+    split(s, n, &p);
+    h = s + p.host;
+    hlen = p.host_end - p.host;
     if (hlen == 9 && ieq_prefix(h, hlen, "localhost")) return 1;
     if (hlen == 5 && memcmp(h, "[::1]", 5) == 0) return 1;
     if (hlen >= 7 && hlen <= 15 && memcmp(h, "127.", 4) == 0) {

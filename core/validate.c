@@ -200,7 +200,8 @@ static int check_code(ctx *c, const pb_record *r, const pb_validate_opts *o, int
         return PB_OK;
     }
     if (code_type(f, type_ok, type) != 3) {
-        const char *why = pb_check_code_url(f->s, f->len);
+        const char *why =
+            pb_check_code_url_ex(f->s, f->len, o->allow_userinfo ? PB_URL_ALLOW_USERINFO : 0);
         if (why) ADD(c, PB_FLD_CODE, PB_E_INVALID_URL, "code %s", why);
     }
     if (o->allow_unknown_macros) return PB_OK;

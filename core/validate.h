@@ -56,6 +56,7 @@ typedef struct pb_validate_opts {
     double protocol;         /* that protocol (1, 2 or 3 are valid) */
     size_t max_code_len;     /* 0 = PB_DEFAULT_MAX_CODE_LEN */
     int allow_unknown_macros;
+    int allow_userinfo;      /* accept "user:password@" in a code URL */
 } pb_validate_opts;
 
 #define PB_DEFAULT_MAX_CODE_LEN 4096

@@ -12,7 +12,12 @@
  *   - https and loopback answers need an http(s) scheme; loopback hosts
  *     are localhost, [::1] or 127.x.y.z;
  *   - every answer depends only on the n bytes given (prefixes are checked
- *     in place and in an exact-size copy).
+ *     in place and in an exact-size copy);
+ *   - allowing user info only ever accepts more, and a URL without '@'
+ *     gets the same answer either way;
+ *   - pb_url_to_ascii converts exactly the URLs the request check accepts,
+ *     into a pure-ASCII URL the check accepts and that converts to itself,
+ *     with the same bytes up to the host.
  *
  *   make build/fuzz/fuzz_url && build/fuzz/fuzz_url fuzz/seeds/fuzz_url */
 #include <stdint.h>
@@ -20,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/buf.h"
 #include "core/url.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -85,6 +91,45 @@ static void check(const uint8_t *data, size_t size)
     }
 }
 
+static void check_ascii(const uint8_t *data, size_t size)
+{
+    const char *s = (const char *)data;
+    unsigned flags = size && (data[0] & 1) ? PB_URL_ALLOW_USERINFO : 0;
+    const char *rw = pb_check_request_url_ex(s, size, flags);
+    const char *cw = pb_check_code_url_ex(s, size, flags);
+    int at = memchr(data, '@', size) != NULL;
+    char why[160];
+    pb_buf b, b2;
+    int rc;
+    size_t i;
+    if (!flags) {
+        if (pb_check_request_url(s, size) && !rw) FAIL("allowing user info refused a URL");
+        if (pb_check_code_url(s, size) && !cw) FAIL("allowing user info refused a code URL");
+    }
+    if (!at && (pb_check_request_url_ex(s, size, PB_URL_ALLOW_USERINFO) != pb_check_request_url(s, size)))
+        FAIL("allow_userinfo changed the answer for a URL without '@'");
+    pb_buf_init(&b, NULL);
+    why[0] = '\0';
+    rc = pb_url_to_ascii(s, size, flags, &b, why, sizeof why);
+    if (rw && rc != PB_EINVAL) FAIL("pb_url_to_ascii = %d for a refused URL (%s)", rc, rw);
+    if (!rw && rc < 0) FAIL("pb_url_to_ascii = %d (%s) for an accepted URL", rc, why);
+    if (rc == PB_EINVAL && strncmp(why, "URL ", 4) != 0) FAIL("reason %s", why);
+    if (rc == 0 && b.len) FAIL("unchanged but appended");
+    if (rc == 0) /* an unchanged URL is pure ASCII */
+        for (i = 0; i < size; i++)
+            if (data[i] >= 0x80) FAIL("unchanged URL with a byte >= 0x80");
+    if (rc == 1) {
+        if (pb_check_request_url_ex(b.data, b.len, flags)) FAIL("converted URL refused: %s", b.data);
+        for (i = 0; i < b.len; i++)
+            if ((unsigned char)b.data[i] >= 0x80) FAIL("converted URL has a byte >= 0x80");
+        if (memcmp(b.data, s, 7) != 0) FAIL("converted URL changed its scheme");
+        pb_buf_init(&b2, NULL);
+        if (pb_url_to_ascii(b.data, b.len, flags, &b2, NULL, 0) != 0) FAIL("conversion is not idempotent: %s", b.data);
+        pb_buf_free(&b2);
+    }
+    pb_buf_free(&b);
+}
+
 /* The answers for s[0..n) in the input buffer and in an exact-size copy
  * (where ASan sees any read past n) must be the same. */
 static void check_prefix(const uint8_t *data, size_t n)
@@ -105,6 +150,7 @@ static void check_prefix(const uint8_t *data, size_t n)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     check(data, size);
+    check_ascii(data, size);
     if (size > 1) check_prefix(data, size / 2);
     if (size > 0) check_prefix(data, size - 1);
     return 0;

@@ -359,7 +359,7 @@ describe("postback.validate code", function()
       "http://a.example/", "https://a.example", "HTTPS://A.EXAMPLE/X", "HtTp://h/p", "hTTpS://h",
       "https://t.example/p?c={click_id}&o={offer_id}", "https://{aff_sub1}.example/x",
       "https://%7Baff_sub1%7D.example/", "https://h.example:8080/p", "https://h:{aff_sub2}/",
-      "http://[::1]:8080/x", "https://user:pw@h.example/", "https://h.example?x=1",
+      "http://[::1]:8080/x", "https://h.example?x=1",
       "https://h.example#frag", "http://127.0.0.1/x",
       "https://b" .. string.char(195, 188) .. "cher.example/",
     }
@@ -383,6 +383,39 @@ describe("postback.validate code", function()
       for typ = 1, 2 do
         assert.are.same({ "code:invalid_url" }, (problems(rec({ code = u }, typ))), F.show(u))
       end
+    end
+  end)
+
+  it("refuses user info unless allow_userinfo, which accepts it", function()
+    for _, u in ipairs { "https://user:pw@h.example/", "https://user@h.example/", "https://@h.example/",
+                         "https://{aff_sub1}:{aff_sub2}@h.example/" } do
+      local p, errs = problems(rec({ code = u }))
+      assert.are.same({ "code:invalid_url" }, p, u)
+      assert.are.equal("code has user info (user:password@), refused unless allowed", errs[1].message)
+      assert_ok(rec({ code = u }), { allow_userinfo = true })
+    end
+    assert.are.same({ "code:invalid_url" }, (problems(rec({ code = "https://a@b@h.example/" }), { allow_userinfo = true })))
+  end)
+
+  it("refuses percent signs in a host, except a whole %7Bmacro%7D", function()
+    for _, u in ipairs { "http://ex%00ample.com/", "http://good.com%2fevil/", "http://ex%61mple.com/",
+                         "http://%7Baff_sub1/", "http://h%/" } do
+      local p, errs = problems(rec({ code = u }))
+      assert.are.same({ "code:invalid_url" }, p, u)
+      assert.truthy(errs[1].message:find("host", 1, true), errs[1].message)
+    end
+    assert_ok(rec({ code = "http://%7Baff_sub1%7D.example/x?c=%7Bclick_id%7D" }))
+    assert_ok(rec({ code = "http://h.example/%2e%2e/%7Bnot_a_host%7D" }), { allow_unknown_macros = true })
+  end)
+
+  it("accepts internationalised hosts that are valid IDNs, whatever the locale", function()
+    assert_ok(rec({ code = "https://m\195\188nchen.example/?c={click_id}" }))
+    assert_ok(rec({ code = "https://{aff_sub1}.m\195\188nchen.example/" }))
+    for _, u in ipairs { "https://\255.example/", "https://good.example\239\188\143evil/",
+                         "https://{aff_sub1}.\255.example/" } do
+      local p, errs = problems(rec({ code = u }))
+      assert.are.same({ "code:invalid_url" }, p, F.show(u))
+      assert.truthy(errs[1].message:find("internationalised", 1, true), errs[1].message)
     end
   end)
 

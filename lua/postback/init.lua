@@ -49,7 +49,7 @@ end
 
 --- Validates a postback record.
 -- @param rec the record (table)
--- @param opts {conversion_protocol=, partial=, max_code_len=, allow_unknown_macros=}
+-- @param opts {conversion_protocol=, partial=, max_code_len=, allow_unknown_macros=, allow_userinfo=}
 -- @return true, or false, {{field=, code=, message=}, ...}
 function M.validate(rec, opts)
   if type(rec) ~= "table" then argerror(1, "validate", "table expected, got " .. type(rec)) end
@@ -62,7 +62,7 @@ function M.validate(rec, opts)
   if max ~= nil and (type(max) ~= "number" or max < 1) then
     argerror(2, "validate", "max_code_len must be a positive number")
   end
-  return core.validate(rec, opts.partial, cp, max, opts.allow_unknown_macros)
+  return core.validate(rec, opts.partial, cp, max, opts.allow_unknown_macros, opts.allow_userinfo)
 end
 
 --- Parses postback code once; render it many times.

@@ -16,11 +16,16 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "core/alloc.h"
 #include "core/buf.h"
@@ -29,6 +34,7 @@
 #include "core/macros.h"
 #include "core/suggest.h"
 #include "core/spool.h"
+#include "core/netpolicy.h"
 #include "core/template.h"
 #include "core/url.h"
 #include "core/validate.h"
@@ -1415,129 +1421,181 @@ typedef struct urlcase {
     int request_ok;  /* pb_check_request_url returns NULL */
     int loopback;    /* -1 = not checked */
     int https;       /* -1 = not checked */
+    unsigned flags;  /* PB_URL_ALLOW_USERINFO */
 } urlcase;
 
+#define UI PB_URL_ALLOW_USERINFO
+
 static const urlcase urlcases[] = {
-    { "http://example.com", 0, 1, 1, 0, 0 },
-    { "https://example.com/p?a=1#f", 0, 1, 1, 0, 1 },
-    { "HTTPS://EXAMPLE.COM/", 0, 1, 1, 0, 1 },
-    { "HtTp://x", 0, 1, 1, 0, 0 },
-    { "http://example.com?x=1", 0, 1, 1, 0, 0 },
-    { "http://example.com#frag", 0, 1, 1, 0, 0 },
-    { "http://ex_ample-1.example.com./x", 0, 1, 1, 0, 0 },
-    { "http://\xC3\xA9xample.com/", 0, 1, 1, 0, 0 },
-    { "http://example.com/{click_id}?a={aff_id}", 0, 1, 1, 0, 0 },
+    { "http://example.com", 0, 1, 1, 0, 0, 0 },
+    { "https://example.com/p?a=1#f", 0, 1, 1, 0, 1, 0 },
+    { "HTTPS://EXAMPLE.COM/", 0, 1, 1, 0, 1, 0 },
+    { "HtTp://x", 0, 1, 1, 0, 0, 0 },
+    { "http://example.com?x=1", 0, 1, 1, 0, 0, 0 },
+    { "http://example.com#frag", 0, 1, 1, 0, 0, 0 },
+    { "http://ex_ample-1.example.com./x", 0, 1, 1, 0, 0, 0 },
+    { "http://\xC3\xA9xample.com/", 0, 1, 1, 0, 0, 0 },
+    { "http://example.com/{click_id}?a={aff_id}", 0, 1, 1, 0, 0, 0 },
     /* not http(s), not absolute */
-    { "ftp://example.com/", 0, 0, 0, 0, 0 },
-    { "example.com/x", 0, 0, 0, 0, 0 },
-    { "//example.com/", 0, 0, 0, 0, 0 },
-    { "http:/example.com", 0, 0, 0, 0, 0 },
-    { "http:example.com", 0, 0, 0, 0, 0 },
-    { "https:/", 0, 0, 0, 0, 0 },
-    { "httpx://example.com", 0, 0, 0, 0, 0 },
-    { "", 0, 0, 0, 0, 0 },
-    { "{scheme}://example.com", 0, 0, 0, 0, 0 },
+    { "ftp://example.com/", 0, 0, 0, 0, 0, 0 },
+    { "example.com/x", 0, 0, 0, 0, 0, 0 },
+    { "//example.com/", 0, 0, 0, 0, 0, 0 },
+    { "http:/example.com", 0, 0, 0, 0, 0, 0 },
+    { "http:example.com", 0, 0, 0, 0, 0, 0 },
+    { "https:/", 0, 0, 0, 0, 0, 0 },
+    { "httpx://example.com", 0, 0, 0, 0, 0, 0 },
+    { "", 0, 0, 0, 0, 0, 0 },
+    { "{scheme}://example.com", 0, 0, 0, 0, 0, 0 },
     /* no host */
-    { "http://", 0, 0, 0, 0, 0 },
-    { "https://", 0, 0, 0, 0, 1 },
-    { "http:///path", 0, 0, 0, 0, 0 },
-    { "http://?q", 0, 0, 0, 0, 0 },
-    { "http://#f", 0, 0, 0, 0, 0 },
-    { "http://user@", 0, 0, 0, 0, 0 },
-    { "http://user:pw@/x", 0, 0, 0, 0, 0 },
-    { "http://:80/", 0, 0, 0, 0, 0 },
-    /* userinfo */
-    { "http://user:pass@example.com/", 0, 1, 1, 0, 0 },
-    { "http://user@example.com:8080/", 0, 1, 1, 0, 0 },
-    { "http://@example.com/", 0, 1, 1, 0, 0 },
+    { "http://", 0, 0, 0, 0, 0, 0 },
+    { "https://", 0, 0, 0, 0, 1, 0 },
+    { "http:///path", 0, 0, 0, 0, 0, 0 },
+    { "http://?q", 0, 0, 0, 0, 0, 0 },
+    { "http://#f", 0, 0, 0, 0, 0, 0 },
+    { "http://user@", 0, 0, 0, 0, 0, 0 },
+    { "http://user:pw@/x", 0, 0, 0, 0, 0, 0 },
+    { "http://:80/", 0, 0, 0, 0, 0, 0 },
+    /* userinfo: refused unless allowed */
+    { "http://user:pass@example.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://user@example.com:8080/", 0, 0, 0, 0, 0, 0 },
+    { "http://@example.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://:@example.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://user:pass@example.com/", 0, 1, 1, 0, 0, UI },
+    { "http://user@example.com:8080/", 0, 1, 1, 0, 0, UI },
+    { "http://@example.com/", 0, 1, 1, 0, 0, UI },
+    { "http://u%40x:p%3Aw@example.com/", 0, 1, 1, 0, 0, UI },
+    { "http://user@/", 0, 0, 0, 0, 0, UI },
+    { "http://a@b@example.com/", 0, 0, 0, -1, 0, UI },
+    /* an '@' after the authority is not user info */
+    { "http://example.com/a@b?c@d#e@f", 0, 1, 1, 0, 0, 0 },
     /* an unencoded '@' in the userinfo: libcurl refuses it (host "b@c"), the
      * check takes the host after the last '@' */
-    { "http://a@b@example.com/", 0, 0, 0, -1, 0 },
+    { "http://a@b@example.com/", 0, 0, 0, -1, 0, 0 },
     /* ports */
-    { "http://example.com:80/", 0, 1, 1, 0, 0 },
-    { "http://example.com:1", 0, 1, 1, 0, 0 },
-    { "http://example.com:65535/", 0, 1, 1, 0, 0 },
-    { "http://example.com:0/", 0, 0, 0, 0, 0 },
-    { "http://example.com:00000/", 0, 0, 0, 0, 0 },
-    { "http://example.com:65536/", 0, 0, 0, 0, 0 },
-    { "http://example.com:99999/", 0, 0, 0, 0, 0 },
-    { "http://example.com:123456/", 0, 0, 0, 0, 0 },
-    { "http://example.com:/", 0, 0, 0, 0, 0 },
-    { "http://example.com:8a/", 0, 0, 0, 0, 0 },
-    { "http://example.com:-1/", 0, 0, 0, 0, 0 },
-    { "http://example.com:80:81/", 0, 0, 0, 0, 0 },
+    { "http://example.com:80/", 0, 1, 1, 0, 0, 0 },
+    { "http://example.com:1", 0, 1, 1, 0, 0, 0 },
+    { "http://example.com:65535/", 0, 1, 1, 0, 0, 0 },
+    { "http://example.com:0/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:00000/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:65536/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:99999/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:123456/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:8a/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:-1/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:80:81/", 0, 0, 0, 0, 0, 0 },
     /* IPv6 */
-    { "http://[::1]/", 0, 1, 1, 1, 0 },
-    { "https://[::1]:8443/x", 0, 1, 1, 1, 1 },
-    { "http://[2001:db8::1]/", 0, 1, 1, 0, 0 },
-    { "http://[2001:DB8::A]:65535", 0, 1, 1, 0, 0 },
-    { "http://[::ffff:192.0.2.1]/", 0, 1, 1, 0, 0 },
-    { "http://[::2]/", 0, 1, 1, 0, 0 },
-    { "http://[]/", 0, 0, 0, 0, 0 },
-    { "http://[::1/", 0, 0, 0, -1, 0 }, /* loopback host, refused URL */
-    { "http://[::1]x/", 0, 0, 0, -1, 0 }, /* loopback host, refused URL */
-    { "http://[::g]/", 0, 0, 0, 0, 0 },
-    { "http://[::1]:0/", 0, 0, 0, -1, 0 }, /* loopback host, refused URL */
-    { "http://[::1]:65536/", 0, 0, 0, -1, 0 }, /* loopback host, refused URL */
-    { "http://[::1]:/", 0, 0, 0, -1, 0 }, /* loopback host, refused URL */
-    { "http://::1/", 0, 0, 0, 0, 0 },
+    { "http://[::1]/", 0, 1, 1, 1, 0, 0 },
+    { "https://[::1]:8443/x", 0, 1, 1, 1, 1, 0 },
+    { "http://[2001:db8::1]/", 0, 1, 1, 0, 0, 0 },
+    { "http://[2001:DB8::A]:65535", 0, 1, 1, 0, 0, 0 },
+    { "http://[::ffff:192.0.2.1]/", 0, 1, 1, 0, 0, 0 },
+    { "http://[::2]/", 0, 1, 1, 0, 0, 0 },
+    { "http://[]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[::1/", 0, 0, 0, -1, 0, 0 }, /* loopback host, refused URL */
+    { "http://[::1]x/", 0, 0, 0, -1, 0, 0 }, /* loopback host, refused URL */
+    { "http://[::g]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[::1]:0/", 0, 0, 0, -1, 0, 0 }, /* loopback host, refused URL */
+    { "http://[::1]:65536/", 0, 0, 0, -1, 0, 0 }, /* loopback host, refused URL */
+    { "http://[::1]:/", 0, 0, 0, -1, 0, 0 }, /* loopback host, refused URL */
+    { "http://::1/", 0, 0, 0, 0, 0, 0 },
     /* Not IPv6 addresses, but the bracket check only looks at the characters;
      * libcurl 7.88 refuses all three (CURLE_URL_MALFORMAT), so a request URL
      * that passes here fails only when sent. */
-    { "http://[:]/", 0, 0, 0, 0, 0 },
-    { "http://[.]/", 0, 0, 0, 0, 0 },
-    { "http://[1.2.3.4]/", 0, 0, 0, 0, 0 },
+    { "http://[:]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[.]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[1.2.3.4]/", 0, 0, 0, 0, 0, 0 },
     /* still malformed IPv6 (two "::", ":::", a 5-digit group, 9 groups, a
      * 5-part IPv4 tail): libcurl 7.88 refuses each with CURLE_URL_MALFORMAT */
-    { "http://[1::2::3]/", 0, 0, 0, 0, 0 },
-    { "http://[:::1]/", 0, 0, 0, 0, 0 },
-    { "http://[12345::1]/", 0, 0, 0, 0, 0 },
-    { "http://[1:2:3:4:5:6:7:8:9]/", 0, 0, 0, 0, 0 },
-    { "http://[::1.2.3.4.5]/", 0, 0, 0, 0, 0 },
-    { "http://[1:2:3:4:5:6:7:8]/", 0, 1, 1, 0, 0 },
-    { "http://[::ffff:127.0.0.1]:8080/", 0, 1, 1, -1, 0 },
+    { "http://[1::2::3]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[:::1]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[12345::1]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[1:2:3:4:5:6:7:8:9]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[::1.2.3.4.5]/", 0, 0, 0, 0, 0, 0 },
+    { "http://[1:2:3:4:5:6:7:8]/", 0, 1, 1, 0, 0, 0 },
+    { "http://[::ffff:127.0.0.1]:8080/", 0, 1, 1, -1, 0, 0 },
     /* bad bytes */
-    { "http://exa mple.com/", 0, 0, 0, 0, 0 },
-    { "http://example.com/a b", 0, 0, 0, 0, 0 },
-    { "http://example.com/\r\nX-Injected: 1", 0, 0, 0, 0, 0 },
-    { "http://example.com/\n", 0, 0, 0, 0, 0 },
-    { "http://example.com/\t", 0, 0, 0, 0, 0 },
-    { "http://example.com/\x7f", 0, 0, 0, 0, 0 },
-    { "http://example.com/\0x", 21, 0, 0, 0, 0 },
-    { "http://localhost\0.example.com/", 30, 0, 0, -1, 0 },
-    { "http://exa<mple.com/", 0, 0, 0, 0, 0 },
-    { "http://exa\"mple.com/", 0, 0, 0, 0, 0 },
-    { "http://exa,mple.com/", 0, 0, 0, 0, 0 },
-    { "http://exa|mple.com/", 0, 0, 0, 0, 0 },
+    { "http://exa mple.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com/a b", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com/\r\nX-Injected: 1", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com/\n", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com/\t", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com/\x7f", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com/\0x", 21, 0, 0, 0, 0, 0 },
+    { "http://localhost\0.example.com/", 30, 0, 0, -1, 0, 0 },
+    { "http://exa<mple.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://exa\"mple.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://exa,mple.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://exa|mple.com/", 0, 0, 0, 0, 0, 0 },
     /* macros in the host and port: postback code only */
-    { "http://{aff_sub1}/x", 0, 1, 0, 0, 0 },
-    { "https://{aff_sub1}.example.com/pb?c={click_id}", 0, 1, 0, 0, 1 },
-    { "http://{a}{b}/", 0, 1, 0, 0, 0 },
-    { "http://example.com:{port}/", 0, 1, 0, 0, 0 },
-    { "http://{host}:{port}/{path}", 0, 1, 0, 0, 0 },
-    { "http://user@{host}/", 0, 1, 0, 0, 0 },
+    { "http://{aff_sub1}/x", 0, 1, 0, 0, 0, 0 },
+    { "https://{aff_sub1}.example.com/pb?c={click_id}", 0, 1, 0, 0, 1, 0 },
+    { "http://{a}{b}/", 0, 1, 0, 0, 0, 0 },
+    { "http://example.com:{port}/", 0, 1, 0, 0, 0, 0 },
+    { "http://{host}:{port}/{path}", 0, 1, 0, 0, 0, 0 },
+    { "http://user@{host}/", 0, 0, 0, 0, 0, 0 },
+    { "http://user@{host}/", 0, 1, 0, 0, 0, UI },
+    { "http://{a}.{b}.example/", 0, 1, 0, 0, 0, 0 },
+    { "http://%7Ba%7D.%7bb%7d.example/", 0, 1, 0, 0, 0, 0 },
+    { "http://x{a}y.example/", 0, 1, 0, 0, 0, 0 },
+    /* braces and percent signs in a host are whole macros or refused */
+    { "http://{a/", 0, 0, 0, 0, 0, 0 },
+    { "http://a}/", 0, 0, 0, 0, 0, 0 },
+    { "http://{}/", 0, 0, 0, 0, 0, 0 },
+    { "http://{a-b}/", 0, 0, 0, 0, 0, 0 },
+    { "http://%7Ba/", 0, 0, 0, 0, 0, 0 },
+    { "http://%7Ba%7/", 0, 0, 0, 0, 0, 0 },
+    { "http://%7B%7D/", 0, 0, 0, 0, 0, 0 },
+    { "http://ex%00ample.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://good.com%2fevil/", 0, 0, 0, 0, 0, 0 },
+    { "http://good.com%2Fevil.example/", 0, 0, 0, 0, 0, 0 },
+    { "http://ex%61mple.com/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com%/", 0, 0, 0, 0, 0, 0 },
+    { "http://%/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:{a}{b}/", 0, 0, 0, 0, 0, 0 },
+    { "http://example.com:{a/", 0, 0, 0, 0, 0, 0 },
+    /* a kept placeholder is fine in the path and query of a request */
+    { "http://example.com/%7Bx%7D?y=%7Bz%7D", 0, 1, 1, 0, 0, 0 },
+    /* internationalised hosts: valid IDNs only (converted with libidn2) */
+    { "http://m\xC3\xBCnchen.de/", 0, 1, 1, 0, 0, 0 },
+    { "http://M\xC3\x9CNCHEN.DE/", 0, 1, 1, 0, 0, 0 },
+    { "http://\xE2\x98\x83.com/", 0, 1, 1, 0, 0, 0 },        /* UTS 46 transitional */
+    { "http://fa\xC3\x9F.de/", 0, 1, 1, 0, 0, 0 },
+    { "http://\xEF\xBD\x85x.com/", 0, 1, 1, 0, 0, 0 },       /* fullwidth e: mapped */
+    { "http://\xFF.de/", 0, 0, 0, 0, 0, 0 },                   /* not UTF-8 */
+    { "http://\xC3.de/", 0, 0, 0, 0, 0, 0 },                   /* cut UTF-8 */
+    { "http://\xC0\xAE.de/", 0, 0, 0, 0, 0, 0 },              /* overlong '.' */
+    { "http://good.com\xEF\xBC\x8F" "evil/", 0, 0, 0, 0, 0, 0 }, /* fullwidth '/' */
+    { "http://good.com\xEF\xBC\x85" "2f/", 0, 0, 0, 0, 0, 0 },   /* fullwidth '%' */
+    { "http://a\xE2\x80\x8B" "b.com/", 0, 1, 1, 0, 0, 0 }, /* zero-width space: mapped away */
+    { "http://\xD8\xA7" "a.com/", 0, 0, 0, 0, 0, 0 },          /* bidi rule */
+    { "http://{sub}.m\xC3\xBCnchen.de/", 0, 1, 0, 0, 0, 0 },
+    { "http://{sub}.\xFF.de/", 0, 0, 0, 0, 0, 0 },
+    { "http://\xC3\xBC{sub}.de/", 0, 1, 0, 0, 0, 0 },
+    { "http://\xFF{sub}.de/", 0, 0, 0, 0, 0, 0 },               /* not UTF-8, whatever the value */
+    { "http://xn--mnchen-3ya.de/", 0, 1, 1, 0, 0, 0 },
     /* url.h: "Macros ({name}, %7Bname%7D) may stand anywhere, the host included";
      * templates recognise both spellings, and {port} is accepted in the port,
      * so %7Bport%7D must be too (currently refused: "has an invalid port"). */
-    { "http://%7Bhost%7D/", 0, 1, -1, 0, 0 },
-    { "http://example.com:%7Bport%7D/", 0, 1, 0, 0, 0 },
+    { "http://%7Bhost%7D/", 0, 1, 0, 0, 0, 0 },
+    { "http://example.com:%7Bport%7D/", 0, 1, 0, 0, 0, 0 },
     /* loopback */
-    { "http://localhost/", 0, 1, 1, 1, 0 },
-    { "http://LocalHost:8080/x", 0, 1, 1, 1, 0 },
-    { "http://127.0.0.1/", 0, 1, 1, 1, 0 },
-    { "http://127.0.0.1:9000/pb", 0, 1, 1, 1, 0 },
-    { "http://127.255.255.254/", 0, 1, 1, 1, 0 },
-    { "http://user:pw@localhost/", 0, 1, 1, 1, 0 },
-    { "http://localhost@example.com/", 0, 1, 1, 0, 0 },
-    { "http://127.0.0.1@example.com/", 0, 1, 1, 0, 0 },
-    { "http://localhost.example.com/", 0, 1, 1, 0, 0 },
-    { "http://127.0.0.1.nip.io/", 0, 1, 1, 0, 0 },
-    { "http://128.0.0.1/", 0, 1, 1, 0, 0 },
-    { "http://0.0.0.0/", 0, 1, 1, 0, 0 },
-    { "http://localhos/", 0, 1, 1, 0, 0 },
-    { "http://10.127.0.1/", 0, 1, 1, 0, 0 },
-    { "ftp://localhost/", 0, 0, 0, 0, 0 },
-    { "localhost", 0, 0, 0, 0, 0 },
+    { "http://localhost/", 0, 1, 1, 1, 0, 0 },
+    { "http://LocalHost:8080/x", 0, 1, 1, 1, 0, 0 },
+    { "http://127.0.0.1/", 0, 1, 1, 1, 0, 0 },
+    { "http://127.0.0.1:9000/pb", 0, 1, 1, 1, 0, 0 },
+    { "http://127.255.255.254/", 0, 1, 1, 1, 0, 0 },
+    { "http://user:pw@localhost/", 0, 1, 1, 1, 0, UI },
+    { "http://localhost@example.com/", 0, 1, 1, 0, 0, UI },
+    { "http://127.0.0.1@example.com/", 0, 1, 1, 0, 0, UI },
+    { "http://localhost.example.com/", 0, 1, 1, 0, 0, 0 },
+    { "http://127.0.0.1.nip.io/", 0, 1, 1, 0, 0, 0 },
+    { "http://128.0.0.1/", 0, 1, 1, 0, 0, 0 },
+    { "http://0.0.0.0/", 0, 1, 1, 0, 0, 0 },
+    { "http://localhos/", 0, 1, 1, 0, 0, 0 },
+    { "http://10.127.0.1/", 0, 1, 1, 0, 0, 0 },
+    { "ftp://localhost/", 0, 0, 0, 0, 0, 0 },
+    { "localhost", 0, 0, 0, 0, 0, 0 },
 };
 
 static void t_urls(void)
@@ -1546,10 +1604,15 @@ static void t_urls(void)
     for (i = 0; i < sizeof urlcases / sizeof urlcases[0]; i++) {
         const urlcase *u = &urlcases[i];
         size_t n = u->len ? u->len : strlen(u->url);
-        const char *cw = pb_check_code_url(u->url, n);
-        const char *rw = pb_check_request_url(u->url, n);
+        const char *cw = pb_check_code_url_ex(u->url, n, u->flags);
+        const char *rw = pb_check_request_url_ex(u->url, n, u->flags);
         char name[300];
-        snprintf(name, sizeof name, "URL %s", show(u->url, n));
+        snprintf(name, sizeof name, "URL %s%s", show(u->url, n), u->flags ? " (allow_userinfo)" : "");
+        if (!u->flags) {
+            /* the plain functions are the _ex ones without flags */
+            CHECK(pb_check_code_url(u->url, n) == cw);
+            CHECK(pb_check_request_url(u->url, n) == rw);
+        }
         if ((cw == NULL) != u->code_ok) {
             cur_fail++;
             diagf("pb_check_code_url: expected %s, got %s", u->code_ok ? "ok" : "a refusal",
@@ -1579,6 +1642,171 @@ static void t_url_reasons(void)
     CHECK_STR(pb_check_code_url("http://[x]", 10), "has a malformed IPv6 host");
     CHECK_STR(pb_check_code_url("http://a:0", 10), "has an invalid port");
     CHECK_STR(pb_check_request_url("http://{h}/", 11), "has an invalid character in its host");
+    CHECK_STR(pb_check_request_url("http://a%2e.b/", 14), "has a percent-encoded byte in its host");
+    CHECK_STR(pb_check_code_url("http://a%2e.b/", 14), "has a percent-encoded byte in its host");
+    CHECK_STR(pb_check_request_url("http://u@h/", 11), "has user info (user:password@), refused unless allowed");
+    CHECK_STR(pb_check_request_url("http://\xFF/", 9),
+              "has a host name that is not a valid internationalised domain name");
+    {
+        /* a 64-character label, and a 300-byte name */
+        char u[400];
+        memset(u, 0, sizeof u);
+        strcpy(u, "http://\xC3\xBC");
+        memset(u + strlen(u), 'a', 63);
+        strcat(u, ".de/");
+        CHECK_STR(pb_check_request_url(u, strlen(u)), "has a host name that is too long");
+        strcpy(u, "http://\xC3\xBC");
+        memset(u + strlen(u), 'a', 300);
+        CHECK_STR(pb_check_request_url(u, strlen(u)), "has a host name that is too long");
+        strcpy(u, "http://");
+        memset(u + strlen(u), 'a', 300);
+        CHECK(pb_check_request_url(u, strlen(u)) == NULL); /* ASCII names are not limited */
+    }
+}
+
+typedef struct asciicase {
+    const char *in;
+    unsigned flags;
+    int rc;          /* 0 unchanged, 1 converted, PB_EINVAL */
+    const char *out; /* when rc is 1; the reason when PB_EINVAL */
+} asciicase;
+
+static const asciicase asciicases[] = {
+    { "http://example.com/", 0, 0, NULL },
+    { "HTTP://Example.COM:8080/a/../b/./c?#", 0, 0, NULL }, /* kept byte for byte */
+    { "http://x/%2e%2e/%7Bx%7D?", 0, 0, NULL },
+    { "http://m\xC3\xBCnchen.de/x", 0, 1, "http://xn--mnchen-3ya.de/x" },
+    { "https://M\xC3\x9CNCHEN.DE:8443/?q#f", 0, 1, "https://xn--mnchen-3ya.de:8443/?q#f" },
+    { "http://\xE2\x98\x83.com/", 0, 1, "http://xn--n3h.com/" },
+    { "http://fa\xC3\x9F.de/", 0, 1, "http://xn--fa-hia.de/" },
+    { "http://\xEF\xBC\x91\xEF\xBC\x92\xEF\xBC\x97.0.0.1/", 0, 1, "http://127.0.0.1/" }, /* fullwidth digits */
+    /* IPv4 in every form libcurl reads */
+    { "http://2130706433/", 0, 1, "http://127.0.0.1/" },
+    { "http://0177.0.0.1/", 0, 1, "http://127.0.0.1/" },
+    { "http://0x7f.1/", 0, 1, "http://127.0.0.1/" },
+    { "http://0X7F.0.0.01:81/", 0, 1, "http://127.0.0.1:81/" },
+    { "http://127.1/", 0, 1, "http://127.0.0.1/" },
+    { "http://1.2.3/", 0, 1, "http://1.2.0.3/" },
+    { "http://4294967295/", 0, 1, "http://255.255.255.255/" },
+    { "http://0/", 0, 1, "http://0.0.0.0/" },
+    { "http://000000000000000000000000001/", 0, 1, "http://0.0.0.1/" },
+    { "http://127.0.0.1/", 0, 0, NULL },
+    { "http://4294967296/", 0, 0, NULL }, /* too large: a name */
+    { "http://0x100000000/", 0, 0, NULL },
+    { "http://999.1.1.1/", 0, 0, NULL },
+    { "http://1.2.3.4.5/", 0, 0, NULL },
+    { "http://1.2.3.4./", 0, 0, NULL },
+    { "http://1..2/", 0, 0, NULL },
+    { "http://08/", 0, 0, NULL },
+    { "http://0x/", 0, 0, NULL },
+    { "http://0xg/", 0, 0, NULL },
+    { "http://1.256/", 0, 1, "http://1.0.1.0/" },
+    { "http://1.16777216/", 0, 0, NULL },
+    { "http://1.2.65536/", 0, 0, NULL },
+    /* IPv6 in its RFC 5952 form */
+    { "http://[0:0::1]:8080/", 0, 1, "http://[::1]:8080/" },
+    { "http://[::FFFF:127.0.0.1]/", 0, 0, NULL }, /* not shorter: kept, as libcurl keeps it */
+    { "http://[::FFFF:7F00:1]/", 0, 0, NULL },
+    { "http://[0:0:0:0:0:FFFF:7F00:1]/", 0, 1, "http://[::ffff:127.0.0.1]/" },
+    { "http://[2001:DB8:0:0:0:0:0:1]/", 0, 1, "http://[2001:db8::1]/" },
+    { "http://[::1]/", 0, 0, NULL },
+    /* bytes >= 0x80 outside the host */
+    { "http://x/\xC3\xA9?\xC3\xA9#\xC3\xA9", 0, 1, "http://x/%C3%A9?%C3%A9#%C3%A9" },
+    { "http://x/\x80\xFF", 0, 1, "http://x/%80%FF" },
+    { "http://m\xC3\xBCnchen.de/\xC3\xBC", 0, 1, "http://xn--mnchen-3ya.de/%C3%BC" },
+    /* user info */
+    { "http://u:p@x/", 0, PB_EINVAL, "URL has user info (user:password@), refused unless allowed" },
+    { "http://u:p@x/", PB_URL_ALLOW_USERINFO, 0, NULL },
+    { "http://u\xC3\xA9:p@2130706433/", PB_URL_ALLOW_USERINFO, 1, "http://u%C3%A9:p@127.0.0.1/" },
+    /* refused as check_url refuses */
+    { "ftp://x/", 0, PB_EINVAL, "URL is not an absolute http:// or https:// URL" },
+    { "http://ex%61mple.com/", 0, PB_EINVAL, "URL has a percent-encoded byte in its host" },
+    { "http://{x}/", 0, PB_EINVAL, "URL has an invalid character in its host" },
+    { "http://\xFF/", 0, PB_EINVAL, "URL has a host name that is not a valid internationalised domain name" },
+    { "http://x/ y", 0, PB_EINVAL, "URL contains whitespace or control characters" },
+};
+
+static void t_url_to_ascii(void)
+{
+    size_t i;
+    for (i = 0; i < sizeof asciicases / sizeof asciicases[0]; i++) {
+        const asciicase *c = &asciicases[i];
+        pb_buf b;
+        char why[160];
+        int rc;
+        pb_buf_init(&b, NULL);
+        strcpy(why, "untouched");
+        rc = pb_url_to_ascii(c->in, strlen(c->in), c->flags, &b, why, sizeof why);
+        CHECK_INT(rc, c->rc);
+        if (rc == 1 && c->rc == 1) CHECK_BUF(b, c->out);
+        if (rc == 0) CHECK_INT(b.len, 0);
+        if (rc == PB_EINVAL && c->rc == PB_EINVAL) CHECK_STR(why, c->out);
+        if (rc == 1) {
+            /* the converted URL passes the check and is its own ASCII form */
+            pb_buf b2;
+            size_t k;
+            CHECK(pb_check_request_url_ex(b.data, b.len, c->flags) == NULL);
+            for (k = 0; k < b.len; k++) CHECK((unsigned char)b.data[k] < 0x80);
+            pb_buf_init(&b2, NULL);
+            CHECK_INT(pb_url_to_ascii(b.data, b.len, c->flags, &b2, NULL, 0), 0);
+            pb_buf_free(&b2);
+        }
+        if (cur_fail) diagf("  for %s", show(c->in, strlen(c->in)));
+        pb_buf_free(&b);
+        if (cur_fail) break;
+    }
+    /* it appends; a limit or a failure leaves the buffer as it was */
+    {
+        pb_buf b;
+        pb_buf_init(&b, NULL);
+        CHECK_INT(pb_buf_puts(&b, "url: "), PB_OK);
+        CHECK_INT(pb_url_to_ascii("http://127.1/\xC3\xA9", 15, 0, &b, NULL, 0), 1);
+        CHECK_BUF(b, "url: http://127.0.0.1/%C3%A9");
+        pb_buf_reset(&b);
+        CHECK_INT(pb_buf_puts(&b, "url: "), PB_OK);
+        b.limit = 20;
+        CHECK_INT(pb_url_to_ascii("http://127.1/\xC3\xA9", 15, 0, &b, NULL, 0), PB_ELIMIT);
+        CHECK_BUF(b, "url: ");
+        b.limit = 22;
+        CHECK_INT(pb_url_to_ascii("http://127.1/", 13, 0, &b, NULL, 0), 1);
+        CHECK_BUF(b, "url: http://127.0.0.1/");
+        pb_buf_free(&b);
+    }
+}
+
+static void t_oom_url_to_ascii(void)
+{
+    counter c;
+    pb_alloc a;
+    long n, steps = 0;
+    int done = 0;
+    const char *in = "http://2130706433/\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9"
+                     "\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9"
+                     "/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    a.fn = counter_fn;
+    a.ud = &c;
+    for (n = 1; n <= 20 && !done; n++) {
+        pb_buf b;
+        int rc;
+        counter_init(&c, n);
+        pb_buf_init(&b, &a);
+        rc = pb_url_to_ascii(in, strlen(in), 0, &b, NULL, 0);
+        steps = n;
+        if (c.failed) {
+            CHECK_INT(rc, PB_ENOMEM);
+            CHECK_INT(b.len, 0);
+        } else {
+            CHECK_INT(rc, 1);
+            CHECK(b.len > 100 && memcmp(b.data, "http://127.0.0.1/%C3%A9", 23) == 0);
+            done = 1;
+        }
+        pb_buf_free(&b);
+        CHECK_CLEAN(c, n);
+        counter_done(&c);
+    }
+    CHECK(done);
+    CHECK(steps >= 2);
+    diagf("pb_url_to_ascii succeeded at allocation step %ld", steps);
 }
 
 static void t_url_https(void)
@@ -3267,6 +3495,671 @@ static void t_oom_spool(void)
     spool_cleanup();
 }
 
+/* ==== destination policy (core/netpolicy.c) =================================== */
+
+/* The expected verdicts, written out here independently of the module: a
+ * range table per family, and a model of which IPv6 forms carry IPv4. */
+typedef struct netrange {
+    const char *net; /* address */
+    unsigned bits;
+} netrange;
+
+static const netrange np_v4[] = {
+    { "0.0.0.0", 8 },       { "10.0.0.0", 8 },     { "100.64.0.0", 10 },   { "127.0.0.0", 8 },
+    { "169.254.0.0", 16 },  { "172.16.0.0", 12 },  { "192.0.0.0", 24 },    { "192.0.2.0", 24 },
+    { "192.88.99.0", 24 },  { "192.168.0.0", 16 }, { "198.18.0.0", 15 },   { "198.51.100.0", 24 },
+    { "203.0.113.0", 24 },  { "224.0.0.0", 4 },    { "240.0.0.0", 4 },     { "255.255.255.255", 32 },
+};
+
+static const netrange np_v6[] = {
+    { "::", 128 },          { "::1", 128 },         { "::", 96 },          { "64:ff9b:1::", 48 },
+    { "100::", 64 },        { "2001:2::", 48 },     { "2001:10::", 28 },   { "2001:db8::", 32 },
+    { "3fff::", 20 },       { "5f00::", 16 },       { "fc00::", 7 },       { "fe80::", 10 },
+    { "fec0::", 10 },       { "ff00::", 8 },
+};
+
+/* the IPv6 prefixes whose addresses are judged by the IPv4 they carry */
+static const netrange np_embedding[] = {
+    { "::ffff:0:0", 96 }, { "64:ff9b::", 96 }, { "2002::", 16 }, { "2001::", 32 },
+};
+
+static uint32_t np_v4num(const char *s)
+{
+    unsigned char b[4];
+    if (inet_pton(AF_INET, s, b) != 1) abort();
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+static void np_v4bytes(uint32_t a, unsigned char *b)
+{
+    b[0] = (unsigned char)(a >> 24);
+    b[1] = (unsigned char)(a >> 16);
+    b[2] = (unsigned char)(a >> 8);
+    b[3] = (unsigned char)a;
+}
+
+static int np_model_v4(uint32_t a)
+{
+    size_t i;
+    for (i = 0; i < sizeof np_v4 / sizeof np_v4[0]; i++) {
+        uint32_t net = np_v4num(np_v4[i].net);
+        uint32_t mask = np_v4[i].bits ? 0xffffffffu << (32 - np_v4[i].bits) : 0;
+        if ((a & mask) == net) return PB_NET_REFUSED;
+    }
+    return PB_NET_ALLOWED;
+}
+
+static int np_in6(const unsigned char *a, const char *net, unsigned bits)
+{
+    unsigned char n[16];
+    unsigned k;
+    if (inet_pton(AF_INET6, net, n) != 1) abort();
+    for (k = 0; k < bits; k++)
+        if ((a[k / 8] ^ n[k / 8]) & (0x80 >> (k % 8))) return 0;
+    return 1;
+}
+
+static uint32_t np_get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static int np_model_v6(const unsigned char *a)
+{
+    size_t i;
+    if (np_in6(a, "::ffff:0:0", 96) || np_in6(a, "64:ff9b::", 96)) return np_model_v4(np_get32(a + 12));
+    if (np_in6(a, "2002::", 16)) return np_model_v4(np_get32(a + 2));
+    if (np_in6(a, "2001::", 32)) return np_model_v4(np_get32(a + 12) ^ 0xffffffffu);
+    for (i = 0; i < sizeof np_v6 / sizeof np_v6[0]; i++)
+        if (np_in6(a, np_v6[i].net, np_v6[i].bits)) return PB_NET_REFUSED;
+    return np_in6(a, "2000::", 3) ? PB_NET_ALLOWED : PB_NET_REFUSED;
+}
+
+static int np_check4(const pb_netpolicy *p, uint32_t a, char *why, size_t n)
+{
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof sin);
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(80);
+    np_v4bytes(a, (unsigned char *)&sin.sin_addr);
+    return pb_netpolicy_check(p, (const struct sockaddr *)&sin, sizeof sin, why, n);
+}
+
+static int np_check6(const pb_netpolicy *p, const unsigned char *a, char *why, size_t n)
+{
+    struct sockaddr_in6 sin6;
+    memset(&sin6, 0, sizeof sin6);
+    sin6.sin6_family = AF_INET6;
+    sin6.sin6_port = htons(443);
+    memcpy(&sin6.sin6_addr, a, 16);
+    return pb_netpolicy_check(p, (const struct sockaddr *)&sin6, sizeof sin6, why, n);
+}
+
+/* a +- 1 in 128-bit arithmetic; returns 0 on wrap */
+static int np_step6(unsigned char *a, int up)
+{
+    int i;
+    for (i = 15; i >= 0; i--) {
+        if (up) {
+            if (++a[i] != 0) return 1;
+        } else {
+            if (a[i]-- != 0) return 1;
+        }
+    }
+    return 0;
+}
+
+static void np_expect4(const pb_netpolicy *p, uint32_t a, const char *range_text)
+{
+    char why[PB_NETPOLICY_WHY], text[INET_ADDRSTRLEN];
+    unsigned char b[4];
+    int exp = np_model_v4(a), got;
+    why[0] = '\0';
+    got = np_check4(p, a, why, sizeof why);
+    np_v4bytes(a, b);
+    inet_ntop(AF_INET, b, text, sizeof text);
+    if (got != exp) {
+        cur_fail++;
+        diagf("%s: expected %s, got %s (%s)", text, exp ? "refused" : "allowed",
+              got ? "refused" : "allowed", why);
+        return;
+    }
+    if (got == PB_NET_REFUSED) {
+        /* the reason starts with the address and names a range */
+        if (strncmp(why, text, strlen(text)) != 0 || why[strlen(text)] != ' ' || !strchr(why, '/')) {
+            cur_fail++;
+            diagf("%s: reason %s", text, show(why, strlen(why)));
+        }
+        if (range_text && !strstr(why, range_text)) {
+            cur_fail++;
+            diagf("%s: reason %s does not name %s", text, show(why, strlen(why)), range_text);
+        }
+    }
+}
+
+static void np_expect6(const pb_netpolicy *p, const unsigned char *a, const char *must_say)
+{
+    char why[PB_NETPOLICY_WHY], text[INET6_ADDRSTRLEN];
+    int exp = np_model_v6(a), got;
+    why[0] = '\0';
+    got = np_check6(p, a, why, sizeof why);
+    inet_ntop(AF_INET6, a, text, sizeof text);
+    if (got != exp) {
+        cur_fail++;
+        diagf("%s: expected %s, got %s (%s)", text, exp ? "refused" : "allowed",
+              got ? "refused" : "allowed", why);
+        return;
+    }
+    if (got == PB_NET_REFUSED) {
+        if (strncmp(why, text, strlen(text)) != 0 || why[strlen(text)] != ' ') {
+            cur_fail++;
+            diagf("%s: reason %s", text, show(why, strlen(why)));
+        }
+        if (must_say && !strstr(why, must_say)) {
+            cur_fail++;
+            diagf("%s: reason %s does not say %s", text, show(why, strlen(why)), must_say);
+        }
+    }
+}
+
+/* Each IPv4 range: its first and last address are refused with the range
+ * named, the addresses just outside it are judged by the model. */
+static void t_np_v4_ranges(void)
+{
+    pb_netpolicy *p = pb_netpolicy_new(NULL);
+    size_t i;
+    char range_text[40];
+    for (i = 0; i < sizeof np_v4 / sizeof np_v4[0]; i++) {
+        uint32_t net = np_v4num(np_v4[i].net);
+        uint32_t size = np_v4[i].bits >= 32 ? 0 : (uint32_t)(0xffffffffu >> np_v4[i].bits);
+        uint32_t last = net + size;
+        snprintf(range_text, sizeof range_text, "%s/%u", np_v4[i].net, np_v4[i].bits);
+        CHECK_INT(np_model_v4(net), PB_NET_REFUSED);
+        /* 255.255.255.255 is named as the broadcast address, not by 240/4 */
+        np_expect4(p, net, range_text);
+        np_expect4(p, last, np_v4[i].bits == 4 && net == np_v4num("240.0.0.0") ? NULL : range_text);
+        if (net > 0) np_expect4(p, net - 1, NULL);
+        if (last < 0xffffffffu) np_expect4(p, last + 1, NULL);
+    }
+    /* a few public addresses, and the ends of the space */
+    CHECK_INT(np_check4(p, np_v4num("8.8.8.8"), NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(np_check4(p, np_v4num("1.1.1.1"), NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(np_check4(p, np_v4num("93.184.216.34"), NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(np_check4(p, np_v4num("1.0.0.0"), NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(np_check4(p, np_v4num("223.255.255.255"), NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(np_check4(p, 0, NULL, 0), PB_NET_REFUSED);
+    CHECK_INT(np_check4(p, 0xffffffffu, NULL, 0), PB_NET_REFUSED);
+    pb_netpolicy_free(p);
+}
+
+static void t_np_v6_ranges(void)
+{
+    pb_netpolicy *p = pb_netpolicy_new(NULL);
+    size_t i;
+    unsigned k;
+    for (i = 0; i < sizeof np_v6 / sizeof np_v6[0]; i++) {
+        unsigned char first[16], last[16], out[16];
+        char range_text[48];
+        if (inet_pton(AF_INET6, np_v6[i].net, first) != 1) abort();
+        memcpy(last, first, 16);
+        for (k = np_v6[i].bits; k < 128; k++) last[k / 8] |= (unsigned char)(0x80 >> (k % 8));
+        snprintf(range_text, sizeof range_text, "%s/%u", np_v6[i].net, np_v6[i].bits);
+        CHECK_INT(np_model_v6(first), PB_NET_REFUSED);
+        /* "::" and "::1" are inside ::/96 too, and named by their own entry */
+        np_expect6(p, first, np_v6[i].bits == 96 ? NULL : range_text);
+        np_expect6(p, last, np_v6[i].bits == 96 ? NULL : range_text);
+        memcpy(out, first, 16);
+        if (np_step6(out, 0)) np_expect6(p, out, NULL);
+        memcpy(out, last, 16);
+        if (np_step6(out, 1)) np_expect6(p, out, NULL);
+    }
+    /* the prefixes that carry IPv4: their ends and just outside */
+    for (i = 0; i < sizeof np_embedding / sizeof np_embedding[0]; i++) {
+        unsigned char first[16], last[16];
+        if (inet_pton(AF_INET6, np_embedding[i].net, first) != 1) abort();
+        memcpy(last, first, 16);
+        for (k = np_embedding[i].bits; k < 128; k++) last[k / 8] |= (unsigned char)(0x80 >> (k % 8));
+        np_expect6(p, first, NULL);
+        np_expect6(p, last, NULL);
+        if (np_step6(first, 0)) np_expect6(p, first, NULL);
+        if (np_step6(last, 1)) np_expect6(p, last, NULL);
+    }
+    /* the edges of 2000::/3 */
+    {
+        static const char *const edges[][2] = {
+            { "1fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "outside 2000::/3" },
+            { "2000::", NULL },
+            { "3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", NULL }, /* past 3fff::/20 */
+            { "3fff:fff:ffff:ffff:ffff:ffff:ffff:ffff", "3fff::/20" },
+            { "3ffe:ffff::1", NULL },
+            { "4000::", "outside 2000::/3" },
+            { "2a00:1450:4001:82a::200e", NULL },
+            { "2606:4700:4700::1111", NULL },
+            { "::ffff:0:0:1", "outside 2000::/3" }, /* IPv4-translated (SIIT) */
+        };
+        for (i = 0; i < sizeof edges / sizeof edges[0]; i++) {
+            unsigned char a[16];
+            if (inet_pton(AF_INET6, edges[i][0], a) != 1) abort();
+            np_expect6(p, a, edges[i][1]);
+        }
+        CHECK_INT(np_check6(p, (const unsigned char *)"\x2a\x00\x14\x50\x40\x01\x08\x2a\0\0\0\0\0\0\x20\x0e",
+                            NULL, 0),
+                  PB_NET_ALLOWED);
+    }
+    pb_netpolicy_free(p);
+}
+
+/* Builds the four IPv6 forms carrying v4: mapped, NAT64, 6to4, Teredo. */
+static void np_embed(int form, uint32_t v4, unsigned char *a)
+{
+    unsigned char b[4];
+    int k;
+    memset(a, 0, 16);
+    np_v4bytes(v4, b);
+    switch (form) {
+    case 0: a[10] = a[11] = 0xff; memcpy(a + 12, b, 4); break;
+    case 1: a[1] = 0x64; a[2] = 0xff; a[3] = 0x9b; memcpy(a + 12, b, 4); break;
+    case 2:
+        a[0] = 0x20; a[1] = 0x02; memcpy(a + 2, b, 4);
+        a[15] = 1; /* 2002:V4::1, a host in the 6to4 site */
+        break;
+    default:
+        a[0] = 0x20; a[1] = 0x01;
+        /* a public Teredo server 65.54.227.120, flags, obfuscated port */
+        a[4] = 65; a[5] = 54; a[6] = 227; a[7] = 120;
+        a[8] = 0x80; a[10] = 0xff; a[11] = 0xfe;
+        for (k = 0; k < 4; k++) a[12 + k] = (unsigned char)(b[k] ^ 0xff);
+        break;
+    }
+}
+
+static void t_np_embedded(void)
+{
+    static const char *const words[] = { "IPv4-mapped", "NAT64", "6to4", "Teredo" };
+    static const char *const v4s[] = {
+        "127.0.0.1", "10.0.0.1", "192.168.1.1", "100.64.0.1", "169.254.169.254", "0.0.0.0",
+        "255.255.255.255", "224.0.0.1", "172.31.255.255", "8.8.8.8", "1.1.1.1", "93.184.216.34",
+        "172.32.0.0", "100.128.0.0",
+    };
+    pb_netpolicy *p = pb_netpolicy_new(NULL);
+    size_t i;
+    int form;
+    for (i = 0; i < sizeof v4s / sizeof v4s[0]; i++) {
+        uint32_t v4 = np_v4num(v4s[i]);
+        int exp = np_model_v4(v4);
+        for (form = 0; form < 4; form++) {
+            unsigned char a[16];
+            char why[PB_NETPOLICY_WHY], want[64];
+            np_embed(form, v4, a);
+            why[0] = '\0';
+            CHECK_INT(np_check6(p, a, why, sizeof why), exp);
+            if (exp == PB_NET_REFUSED) {
+                snprintf(want, sizeof want, " %s", v4s[i]);
+                if (!strstr(why, words[form]) || !strstr(why, want)) {
+                    cur_fail++;
+                    diagf("%s as %s: reason %s", v4s[i], words[form], show(why, strlen(why)));
+                }
+            }
+        }
+    }
+    /* the text forms of the issue */
+    {
+        static const char *const refused[] = { "::ffff:127.0.0.1", "::ffff:7f00:1", "::127.0.0.1",
+                                               "64:ff9b::a00:1", "2002:7f00:1::", "2002:c0a8:101::1",
+                                               "64:ff9b:1::808:808", "::ffff:0.0.0.0" };
+        for (i = 0; i < sizeof refused / sizeof refused[0]; i++)
+            CHECK_INT(pb_netpolicy_check_text(p, refused[i], strlen(refused[i]), NULL, 0),
+                      PB_NET_REFUSED);
+        CHECK_INT(pb_netpolicy_check_text(p, "::ffff:8.8.8.8", 14, NULL, 0), PB_NET_ALLOWED);
+        CHECK_INT(pb_netpolicy_check_text(p, "64:ff9b::808:808", 16, NULL, 0), PB_NET_ALLOWED);
+        CHECK_INT(pb_netpolicy_check_text(p, "2002:808:808::1", 15, NULL, 0), PB_NET_ALLOWED);
+        /* IPv4-compatible ::8.8.8.8 is refused whole, not decoded */
+        CHECK_INT(pb_netpolicy_check_text(p, "::8.8.8.8", 9, NULL, 0), PB_NET_REFUSED);
+    }
+    pb_netpolicy_free(p);
+}
+
+/* Random addresses against the model; each IPv4 also in its four IPv6 forms. */
+static void t_np_random(void)
+{
+    pb_netpolicy *p = pb_netpolicy_new(NULL);
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    long i, bad = 0, refused4 = 0;
+    for (i = 0; i < 40000 && bad < 5; i++) {
+        uint32_t v4;
+        unsigned char a[16];
+        int exp, form, k;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v4 = (uint32_t)(x >> 16);
+        /* half of them near a refused range */
+        if (i & 1) {
+            const netrange *r = &np_v4[(x >> 8) % (sizeof np_v4 / sizeof np_v4[0])];
+            v4 = np_v4num(r->net) + (uint32_t)((x >> 40) & 0x1ffff) - 0x10000;
+        }
+        exp = np_model_v4(v4);
+        refused4 += exp;
+        if (np_check4(p, v4, NULL, 0) != exp) bad++;
+        for (form = 0; form < 4; form++) {
+            np_embed(form, v4, a);
+            if (np_check6(p, a, NULL, 0) != exp) bad++;
+        }
+        /* a random IPv6 address, and one in a random range of the table */
+        for (k = 0; k < 16; k++) a[k] = (unsigned char)(x >> ((k % 8) * 8)) ^ (unsigned char)(k * 37 + i);
+        if (i % 3 == 0) a[0] = (unsigned char)(0x20 + (a[0] & 0x1f)); /* 2000::/3 */
+        if (i % 5 == 0) {
+            const netrange *r = &np_v6[(x >> 4) % (sizeof np_v6 / sizeof np_v6[0])];
+            unsigned char n[16];
+            if (inet_pton(AF_INET6, r->net, n) != 1) abort();
+            for (k = 0; k < (int)r->bits; k++) {
+                unsigned char m = (unsigned char)(0x80 >> (k % 8));
+                a[k / 8] = (unsigned char)((a[k / 8] & ~m) | (n[k / 8] & m));
+            }
+        }
+        if (np_check6(p, a, NULL, 0) != np_model_v6(a)) bad++;
+        if (bad && !cur_fail) {
+            char t[INET6_ADDRSTRLEN];
+            inet_ntop(AF_INET6, a, t, sizeof t);
+            cur_fail++;
+            diagf("disagreement with the model near %s (v4 %08lx)", t, (unsigned long)v4);
+        }
+    }
+    CHECK_INT(bad, 0);
+    CHECK(refused4 > 5000 && refused4 < 35000);
+    pb_netpolicy_free(p);
+}
+
+static void t_np_sockaddr(void)
+{
+    pb_netpolicy *p = pb_netpolicy_new(NULL);
+    struct sockaddr_in sin;
+    struct sockaddr_in6 sin6;
+    struct sockaddr sa;
+    char why[PB_NETPOLICY_WHY], out[PB_NETADDR_LEN];
+    memset(&sin, 0, sizeof sin);
+    sin.sin_family = AF_INET;
+    inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
+    CHECK_INT(pb_netpolicy_check(p, (struct sockaddr *)&sin, sizeof sin, why, sizeof why), PB_NET_REFUSED);
+    CHECK_STR(why, "127.0.0.1 is a loopback address (127.0.0.0/8)");
+    CHECK_STR(pb_netaddr_format((struct sockaddr *)&sin, sizeof sin, out, sizeof out), "127.0.0.1");
+    /* too short for its family */
+    CHECK_INT(pb_netpolicy_check(p, (struct sockaddr *)&sin, sizeof sin - 1, why, sizeof why), PB_NET_REFUSED);
+    CHECK(strstr(why, "not an IPv4 or IPv6 address") != NULL);
+    CHECK_STR(pb_netaddr_format((struct sockaddr *)&sin, sizeof sin - 1, out, sizeof out), "(not an IP address)");
+    CHECK_INT(pb_netpolicy_check(p, NULL, 0, why, sizeof why), PB_NET_REFUSED);
+    CHECK_INT(pb_netpolicy_check(p, (struct sockaddr *)&sin, 1, why, sizeof why), PB_NET_REFUSED);
+    /* another family */
+    memset(&sa, 0, sizeof sa);
+    sa.sa_family = AF_UNIX;
+    CHECK_INT(pb_netpolicy_check(p, &sa, sizeof sa, why, sizeof why), PB_NET_REFUSED);
+    CHECK(strstr(why, "family") != NULL);
+    /* IPv6 with a scope id: the address is named with it */
+    memset(&sin6, 0, sizeof sin6);
+    sin6.sin6_family = AF_INET6;
+    inet_pton(AF_INET6, "fe80::1", &sin6.sin6_addr);
+    sin6.sin6_scope_id = 3;
+    CHECK_INT(pb_netpolicy_check(p, (struct sockaddr *)&sin6, sizeof sin6, why, sizeof why), PB_NET_REFUSED);
+    CHECK_STR(why, "fe80::1%3 is a link-local address (fe80::/10)");
+    CHECK_STR(pb_netaddr_format((struct sockaddr *)&sin6, sizeof sin6, out, sizeof out), "fe80::1%3");
+    inet_pton(AF_INET6, "::ffff:10.1.2.3", &sin6.sin6_addr);
+    sin6.sin6_scope_id = 0;
+    CHECK_INT(pb_netpolicy_check(p, (struct sockaddr *)&sin6, sizeof sin6, why, sizeof why), PB_NET_REFUSED);
+    CHECK_STR(why, "::ffff:10.1.2.3 is IPv4-mapped 10.1.2.3, a private address (10.0.0.0/8)");
+    inet_pton(AF_INET6, "2001:0:4136:e378:8000:63bf:80ff:fffe", &sin6.sin6_addr);
+    CHECK_INT(pb_netpolicy_check(p, (struct sockaddr *)&sin6, sizeof sin6, why, sizeof why), PB_NET_REFUSED);
+    CHECK_STR(why, "2001:0:4136:e378:8000:63bf:80ff:fffe is Teredo for client 127.0.0.1, a loopback "
+                   "address (127.0.0.0/8)");
+    /* a short why buffer is cut, still terminated; NULL why is fine */
+    CHECK_INT(pb_netpolicy_check(p, (struct sockaddr *)&sin, sizeof sin, why, 10), PB_NET_REFUSED);
+    CHECK_STR(why, "127.0.0.1");
+    CHECK_INT(pb_netpolicy_check(p, (struct sockaddr *)&sin, sizeof sin, NULL, 0), PB_NET_REFUSED);
+    CHECK_STR(pb_netaddr_format((struct sockaddr *)&sin, sizeof sin, out, 4), "127");
+    /* text addresses */
+    CHECK_INT(pb_netpolicy_check_text(p, "localhost", 9, why, sizeof why), PB_NET_REFUSED);
+    CHECK_STR(why, "\"localhost\" is not an IP address");
+    CHECK_INT(pb_netpolicy_check_text(p, "127.0.0.1\0", 10, why, sizeof why), PB_NET_REFUSED);
+    CHECK_INT(pb_netpolicy_check_text(p, "", 0, why, sizeof why), PB_NET_REFUSED);
+    CHECK_INT(pb_netpolicy_check_text(p, "2130706433", 10, why, sizeof why), PB_NET_REFUSED);
+    CHECK_INT(pb_netpolicy_check_text(p, "8.8.8.8", 7, why, sizeof why), PB_NET_ALLOWED);
+    CHECK_INT(pb_netpolicy_check_text(p, "8.8.8.8x", 7, why, sizeof why), PB_NET_ALLOWED); /* length */
+    CHECK_INT(pb_netpolicy_check_raw(p, AF_UNIX, (const unsigned char *)"abcd", why, sizeof why), PB_NET_REFUSED);
+    pb_netpolicy_free(p);
+    pb_netpolicy_free(NULL);
+}
+
+typedef struct cidrcase {
+    const char *s;
+    int ok;
+    int family;      /* expected, when ok */
+    const char *net; /* expected network address text, when ok */
+    unsigned bits;
+} cidrcase;
+
+static const cidrcase cidrcases[] = {
+    { "0.0.0.0/0", 1, AF_INET, "0.0.0.0", 0 },
+    { "10.0.0.0/8", 1, AF_INET, "10.0.0.0", 8 },
+    { "10.1.0.0/16", 1, AF_INET, "10.1.0.0", 16 },
+    { "1.2.3.4/32", 1, AF_INET, "1.2.3.4", 32 },
+    { "1.2.3.4", 1, AF_INET, "1.2.3.4", 32 },
+    { "255.255.255.254/31", 1, AF_INET, "255.255.255.254", 31 },
+    { "::/0", 1, AF_INET6, "::", 0 },
+    { "::1/128", 1, AF_INET6, "::1", 128 },
+    { "::1", 1, AF_INET6, "::1", 128 },
+    { "2001:db8::/32", 1, AF_INET6, "2001:db8::", 32 },
+    { "FC00::/7", 1, AF_INET6, "fc00::", 7 },
+    { "::ffff:10.0.0.0/104", 1, AF_INET, "10.0.0.0", 8 },
+    { "::ffff:0:0/96", 1, AF_INET, "0.0.0.0", 0 },
+    { "::ffff:127.0.0.1", 1, AF_INET, "127.0.0.1", 32 },
+    { "::fffe:0:0/95", 1, AF_INET6, "::fffe:0:0", 95 }, /* more than IPv4: stays IPv6 */
+    /* bad */
+    { "", 0, 0, NULL, 0 },
+    { "/8", 0, 0, NULL, 0 },
+    { "10.0.0.0/", 0, 0, NULL, 0 },
+    { "10.0.0.0/33", 0, 0, NULL, 0 },
+    { "10.0.0.0/100", 0, 0, NULL, 0 },
+    { "10.0.0.0/1000", 0, 0, NULL, 0 },
+    { "::/129", 0, 0, NULL, 0 },
+    { "10.0.0.0/08", 0, 0, NULL, 0 },
+    { "10.0.0.0/-1", 0, 0, NULL, 0 },
+    { "10.0.0.0/+8", 0, 0, NULL, 0 },
+    { "10.0.0.0/8/8", 0, 0, NULL, 0 },
+    { "10.0.0.0/ 8", 0, 0, NULL, 0 },
+    { " 10.0.0.0/8", 0, 0, NULL, 0 },
+    { "10.0.0.1/8", 0, 0, NULL, 0 },   /* host bits set */
+    { "::1/64", 0, 0, NULL, 0 },       /* host bits set */
+    { "10.0.0/8", 0, 0, NULL, 0 },     /* short forms are names, not networks */
+    { "10/8", 0, 0, NULL, 0 },
+    { "0x0a.0.0.0/8", 0, 0, NULL, 0 },
+    { "010.0.0.0/8", 0, 0, NULL, 0 },
+    { "256.0.0.0/8", 0, 0, NULL, 0 },
+    { "fe80::1%eth0/128", 0, 0, NULL, 0 },
+    { "[::1]/128", 0, 0, NULL, 0 },
+    { "localhost", 0, 0, NULL, 0 },
+    { "10.0.0.0/8 ", 0, 0, NULL, 0 },
+    { "1:2:3:4:5:6:7:8:9/128", 0, 0, NULL, 0 },
+    { "0000000000000000000000000000000000000000000000000000000000000000000/8", 0, 0, NULL, 0 },
+};
+
+static void t_np_cidr(void)
+{
+    size_t i;
+    for (i = 0; i < sizeof cidrcases / sizeof cidrcases[0]; i++) {
+        const cidrcase *c = &cidrcases[i];
+        pb_cidr out;
+        char why[PB_NETPOLICY_WHY];
+        int rc;
+        memset(&out, 0x5a, sizeof out);
+        why[0] = '\0';
+        rc = pb_cidr_parse(c->s, strlen(c->s), &out, why, sizeof why);
+        if (c->ok) {
+            char text[INET6_ADDRSTRLEN];
+            CHECK_INT(rc, PB_OK);
+            if (rc != PB_OK) {
+                diagf("  %s: %s", show(c->s, strlen(c->s)), why);
+                continue;
+            }
+            CHECK_INT(out.family, c->family);
+            CHECK_INT(out.bits, c->bits);
+            inet_ntop(out.family, out.addr, text, sizeof text);
+            CHECK_STR(text, c->net);
+            if (cur_fail) diagf("  %s", show(c->s, strlen(c->s)));
+        } else {
+            CHECK_INT(rc, PB_EINVAL);
+            /* the reason quotes the network and says what is wrong */
+            CHECK(strncmp(why, "network \"", 9) == 0);
+            if (rc == PB_EINVAL && strlen(c->s) < 40 && !strstr(why, c->s)) {
+                cur_fail++;
+                diagf("reason %s does not quote %s", show(why, strlen(why)), show(c->s, strlen(c->s)));
+            }
+        }
+    }
+    /* an embedded NUL ends nothing: the length rules */
+    {
+        pb_cidr out;
+        CHECK_INT(pb_cidr_parse("10.0.0.0\0/8", 11, &out, NULL, 0), PB_EINVAL);
+        CHECK_INT(pb_cidr_parse("10.0.0.0/8\0", 11, &out, NULL, 0), PB_EINVAL);
+        CHECK_INT(pb_cidr_parse("10.0.0.0/8xyz", 10, &out, NULL, 0), PB_OK);
+    }
+    /* the reasons */
+    {
+        char why[PB_NETPOLICY_WHY];
+        pb_cidr out;
+        pb_cidr_parse("10.0.0.0/33", 11, &out, why, sizeof why);
+        CHECK_STR(why, "network \"10.0.0.0/33\" has a bad prefix length (0-32 after the /)");
+        pb_cidr_parse("::/129", 6, &out, why, sizeof why);
+        CHECK_STR(why, "network \"::/129\" has a bad prefix length (0-128 after the /)");
+        pb_cidr_parse("10.0.0.1/8", 10, &out, why, sizeof why);
+        CHECK_STR(why, "network \"10.0.0.1/8\" has bits set after its /8 prefix (the network "
+                       "address has them zero)");
+        pb_cidr_parse("nope/8", 6, &out, why, sizeof why);
+        CHECK_STR(why, "network \"nope/8\" is not an IPv4 or IPv6 address with a /prefix");
+    }
+}
+
+static void t_np_allow(void)
+{
+    pb_netpolicy *p = pb_netpolicy_new(NULL);
+    char why[PB_NETPOLICY_WHY];
+    unsigned char a[16];
+    int form;
+    CHECK_INT(pb_netpolicy_allow_private(p), 0);
+    CHECK_INT(pb_netpolicy_count(p), 0);
+    CHECK(pb_netpolicy_network(p, 0) == NULL);
+    /* another range does not open loopback */
+    CHECK_INT(pb_netpolicy_allow(p, "10.1.0.0/16", 11, why, sizeof why), PB_OK);
+    CHECK_INT(np_check4(p, np_v4num("127.0.0.1"), NULL, 0), PB_NET_REFUSED);
+    CHECK_INT(np_check4(p, np_v4num("10.1.255.255"), NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(np_check4(p, np_v4num("10.2.0.0"), NULL, 0), PB_NET_REFUSED);
+    CHECK_INT(np_check4(p, np_v4num("10.0.255.255"), NULL, 0), PB_NET_REFUSED);
+    /* 127/8 opens loopback, in every IPv6 form too */
+    CHECK_INT(pb_netpolicy_allow(p, "127.0.0.0/8", 11, why, sizeof why), PB_OK);
+    CHECK_INT(np_check4(p, np_v4num("127.0.0.1"), NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(np_check4(p, np_v4num("127.255.255.255"), NULL, 0), PB_NET_ALLOWED);
+    for (form = 0; form < 4; form++) {
+        np_embed(form, np_v4num("127.0.0.1"), a);
+        CHECK_INT(np_check6(p, a, NULL, 0), PB_NET_ALLOWED);
+        np_embed(form, np_v4num("192.168.1.1"), a);
+        CHECK_INT(np_check6(p, a, NULL, 0), PB_NET_REFUSED);
+    }
+    /* but not ::1, nor ::127.0.0.1 (not decoded) */
+    CHECK_INT(pb_netpolicy_check_text(p, "::1", 3, NULL, 0), PB_NET_REFUSED);
+    CHECK_INT(pb_netpolicy_check_text(p, "::127.0.0.1", 11, NULL, 0), PB_NET_REFUSED);
+    CHECK_INT(pb_netpolicy_allow(p, "::1", 3, why, sizeof why), PB_OK);
+    CHECK_INT(pb_netpolicy_check_text(p, "::1", 3, NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(pb_netpolicy_allow(p, "fd00::/8", 8, why, sizeof why), PB_OK);
+    CHECK_INT(pb_netpolicy_check_text(p, "fd12::1", 7, NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(pb_netpolicy_check_text(p, "fc12::1", 7, NULL, 0), PB_NET_REFUSED);
+    CHECK_INT(pb_netpolicy_count(p), 4);
+    CHECK_INT(pb_netpolicy_network(p, 1)->bits, 8);
+    CHECK(pb_netpolicy_network(p, 4) == NULL);
+    /* a bad CIDR leaves the policy as it was */
+    CHECK_INT(pb_netpolicy_allow(p, "10.0.0.0/33", 11, why, sizeof why), PB_EINVAL);
+    CHECK_INT(pb_netpolicy_count(p), 4);
+    pb_netpolicy_free(p);
+
+    /* ::ffff:0:0/96 is every IPv4 address; ::/0 is every address */
+    p = pb_netpolicy_new(NULL);
+    CHECK_INT(pb_netpolicy_allow(p, "::ffff:0:0/96", 13, why, sizeof why), PB_OK);
+    CHECK_INT(np_check4(p, 0, NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(np_check4(p, np_v4num("169.254.169.254"), NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(pb_netpolicy_check_text(p, "::1", 3, NULL, 0), PB_NET_REFUSED);
+    pb_netpolicy_free(p);
+    p = pb_netpolicy_new(NULL);
+    CHECK_INT(pb_netpolicy_allow(p, "::/0", 4, why, sizeof why), PB_OK);
+    CHECK_INT(np_check4(p, np_v4num("127.0.0.1"), NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(pb_netpolicy_check_text(p, "ff02::1", 7, NULL, 0), PB_NET_ALLOWED);
+    pb_netpolicy_free(p);
+    p = pb_netpolicy_new(NULL);
+    CHECK_INT(pb_netpolicy_allow(p, "0.0.0.0/0", 9, why, sizeof why), PB_OK);
+    CHECK_INT(np_check4(p, np_v4num("127.0.0.1"), NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(pb_netpolicy_check_text(p, "::ffff:127.0.0.1", 16, NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(pb_netpolicy_check_text(p, "::1", 3, NULL, 0), PB_NET_REFUSED);
+    pb_netpolicy_free(p);
+
+    /* allow_private turns the check off */
+    p = pb_netpolicy_new(NULL);
+    pb_netpolicy_set_allow_private(p, 7);
+    CHECK_INT(pb_netpolicy_allow_private(p), 1);
+    CHECK_INT(np_check4(p, np_v4num("127.0.0.1"), NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(np_check4(p, 0xffffffffu, NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(pb_netpolicy_check_text(p, "ff02::1", 7, NULL, 0), PB_NET_ALLOWED);
+    CHECK_INT(pb_netpolicy_check_text(p, "::1", 3, NULL, 0), PB_NET_ALLOWED);
+    pb_netpolicy_set_allow_private(p, 0);
+    CHECK_INT(pb_netpolicy_check_text(p, "::1", 3, NULL, 0), PB_NET_REFUSED);
+    pb_netpolicy_free(p);
+}
+
+static void t_np_oom(void)
+{
+    counter c;
+    pb_alloc a;
+    long n;
+    int done = 0;
+    a.fn = counter_fn;
+    a.ud = &c;
+    counter_init(&c, 1);
+    CHECK(pb_netpolicy_new(&a) == NULL);
+    CHECK_CLEAN(c, 1);
+    counter_done(&c);
+    /* 40 networks: the list grows 4 times; fail each allocation in turn */
+    for (n = 1; n <= 20 && !done; n++) {
+        pb_netpolicy *p;
+        int i, added = 0, failed = 0;
+        counter_init(&c, n);
+        p = pb_netpolicy_new(&a);
+        if (!p) {
+            CHECK_INT(n, 1);
+        } else {
+            for (i = 0; i < 40; i++) {
+                char cidr[32], why[PB_NETPOLICY_WHY];
+                int rc;
+                snprintf(cidr, sizeof cidr, "10.%d.0.0/16", i);
+                rc = pb_netpolicy_allow(p, cidr, strlen(cidr), why, sizeof why);
+                if (rc == PB_ENOMEM) {
+                    failed++;
+                    CHECK_STR(why, "out of memory");
+                    CHECK_INT(pb_netpolicy_count(p), added);
+                } else {
+                    CHECK_INT(rc, PB_OK);
+                    added++;
+                }
+            }
+            /* what was added works */
+            CHECK_INT(np_check4(p, np_v4num("10.0.0.1"), NULL, 0),
+                      pb_netpolicy_count(p) && pb_netpolicy_network(p, 0)->addr[1] == 0 ? PB_NET_ALLOWED
+                                                                                      : PB_NET_REFUSED);
+            if (!failed && !c.failed) done = 1;
+            CHECK_INT(failed, c.failed);
+            pb_netpolicy_free(p);
+        }
+        CHECK_CLEAN(c, n);
+        counter_done(&c);
+    }
+    CHECK(done);
+    CHECK(n >= 5);
+}
+
 int main(void)
 {
     printf("TAP version 13\n");
@@ -3304,6 +4197,7 @@ int main(void)
     run("JSON: appends; a limit refuses the whole piece", t_json_append);
     t_urls();
     run("URL: refusal reasons", t_url_reasons);
+    run("pb_url_to_ascii: IDN, IPv4 and IPv6 forms, bytes >= 0x80, refusals", t_url_to_ascii);
     run("pb_url_is_https", t_url_https);
     run("pb_find_crlf_nul", t_find_crlf_nul);
     run("macros: the 28 names and pb_macro_index", t_macro_index);
@@ -3338,6 +4232,15 @@ int main(void)
     run("spool: unknown format, repeated id, glued lines, discard", t_spool_damage_kinds);
     run("spool: online compaction keeps the file small and its mode", t_spool_compaction);
     run("OOM: pb_spool open, add, done, sync, compaction", t_oom_spool);
+    run("OOM: pb_url_to_ascii", t_oom_url_to_ascii);
+    run("netpolicy: IPv4 ranges: first, last, just outside", t_np_v4_ranges);
+    run("netpolicy: IPv6 ranges: first, last, just outside; 2000::/3", t_np_v6_ranges);
+    run("netpolicy: IPv4 in IPv6 (mapped, NAT64, 6to4, Teredo) judged as IPv4", t_np_embedded);
+    run("netpolicy: 40000 random addresses against the model", t_np_random);
+    run("netpolicy: sockaddr forms, reasons, pb_netaddr_format, text addresses", t_np_sockaddr);
+    run("netpolicy: CIDR parsing: /0 /32 /128, bad prefixes, host bits", t_np_cidr);
+    run("netpolicy: allowed networks and allow_private", t_np_allow);
+    run("OOM: pb_netpolicy_new / pb_netpolicy_allow", t_np_oom);
     printf("1..%d\n", tap_n);
     if (tap_failed) printf("# %d of %d tests failed\n", tap_failed, tap_n);
     return tap_failed ? 1 : 0;

@@ -53,7 +53,11 @@ for s in $suites; do
     ctest)
       make -s build/ctest/test_core >/dev/null 2>"$logdir/ctest-build.log" ||
         { cat "$logdir/ctest-build.log"; total_fail=$((total_fail + 1)); continue; }
-      run_suite ctest build/ctest/test_core ;;
+      run_suite ctest build/ctest/test_core
+      # core's URL checks against libcurl's own parser
+      make -s build/ctest/url_diff >/dev/null 2>"$logdir/url_diff-build.log" ||
+        { cat "$logdir/url_diff-build.log"; total_fail=$((total_fail + 1)); continue; }
+      run_suite url_diff build/ctest/url_diff README.md ;;
     lua5.4|lua5.3|lua5.1|luajit)
       command -v "$s" >/dev/null 2>&1 || { echo "== $s: not installed, skipped"; continue; }
       make -s LUA="$s" all >/dev/null || { total_fail=$((total_fail + 1)); continue; }
@@ -80,7 +84,7 @@ for s in $suites; do
           else echo "not ok 1 - luacheck"; sed "s/^/# /" build/logs/luacheck.log | tail -30; fi
         else echo "ok 1 - # SKIP luacheck is not installed"; fi
         if clang -std=c99 -Wall -Wextra -Werror -pedantic -Wmissing-prototypes -Wshadow \
-             -D_POSIX_C_SOURCE=200809L $(pkg-config --cflags lua5.4 libcurl) -I. -fsyntax-only \
+             -D_POSIX_C_SOURCE=200809L $(pkg-config --cflags lua5.4 libcurl libidn2) -I. -fsyntax-only \
              lua_postback.c core/*.c examples/game_server/main.c >build/logs/clang.log 2>&1; then
           echo "ok 2 - clang -Wall -Wextra -Werror: clean"
         else echo "not ok 2 - clang warnings"; sed "s/^/# /" build/logs/clang.log | head -30; fi' ;;
