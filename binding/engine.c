@@ -160,7 +160,8 @@ static long collect_headers(lua_State *L, int t, const char **small, size_t nsma
     return (long)nh;
 }
 
-/* engine{max_running=, max_host=, max_total=, and the request options of
+/* engine{max_running=, max_host=, max_total=, destinations=, allow_private=,
+ *        allow_networks=, allow_userinfo=, and the request options of
  * e:get: timeout=, connect_timeout=, max_body=, max_url=, follow=,
  * insecure=, ca_file=, user_agent=, proxy=, proxy_from_env=, headers=,
  * username=, password=} -> engine */
@@ -189,6 +190,23 @@ static int l_engine(lua_State *L)
         profile.headers = hdrs;
         profile.nheaders = (size_t)nh;
         o.profile = &profile;
+        lua_getfield(L, t, "allow_userinfo");
+        if (lua_toboolean(L, -1)) o.url_flags |= PB_URL_ALLOW_USERINFO;
+        lua_getfield(L, t, "destinations");
+        if (lua_toboolean(L, -1)) {
+            /* every address checked against the destination policy */
+            pb_netpolicy *p = pb_netpolicy_new(NULL);
+            int rc;
+            if (!p) return pb_fail_nomem(L);
+            rc = pb_netpolicy_apply(L, t, 1, "engine", p, why, sizeof why);
+            if (rc != PB_OK) {
+                pb_netpolicy_free(p);
+                if (rc == PB_ENOMEM) return pb_fail_nomem(L);
+                return luaL_argerror(L, 1, why);
+            }
+            o.policy = p;
+        }
+        lua_pop(L, 2);
     }
     le = (lengine *)pb_newuserdata(L, sizeof *le, 1);
     le->e = NULL;
@@ -205,7 +223,10 @@ static int l_engine(lua_State *L)
         pb_setuservalue(L, -2);
     }
     le->e = pb_engine_new(&o, why, sizeof why);
-    if (!le->e) return luaL_error(L, "cannot create the engine: %s", why);
+    if (!le->e) {
+        pb_netpolicy_free(o.policy);
+        return luaL_error(L, "cannot create the engine: %s", why);
+    }
     return 1;
 }
 
@@ -242,6 +263,10 @@ static int push_started(lua_State *L, int rc, const char *why)
     if (rc != PB_OK) {
         lua_pushnil(L);
         lua_pushstring(L, why);
+        if (rc == PB_EBLOCKED) {
+            lua_pushliteral(L, "blocked_address");
+            return 3;
+        }
         return 2;
     }
     lua_pushboolean(L, 1);
@@ -404,7 +429,8 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
     lua_pushnil(L);
     lua_pushfstring(L, "postback refused before sending: %s",
                     rc == PB_ECURL ? "libcurl refused the transfer" : why);
-    pb_pusherror(L, "validation", "invalid_url", "url", lua_tostring(L, -1));
+    pb_pusherror(L, "validation", rc == PB_EBLOCKED ? "blocked_address" : "invalid_url", "url",
+                 lua_tostring(L, -1));
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "retryable");
     lua_replace(L, -2);
@@ -526,7 +552,7 @@ static int l_engine_perform(lua_State *L)
 }
 
 static const char *const fail_names[] = {
-    NULL, "timeout", "connect", "transport", "tls", "too_large",
+    NULL, "timeout", "connect", "transport", "tls", "too_large", "blocked",
 };
 
 /* Sets t[key] = the value on top (t at -2 after the push); keys are the

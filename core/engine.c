@@ -7,8 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/socket.h>
+
 #include "buf.h"
 #include "clock.h"
+#include "netpolicy.h"
 #include "url.h"
 
 #define DEFAULT_MAX_BODY (16u * 1024u * 1024u)
@@ -31,6 +34,9 @@ typedef struct xfer {
     int user;
     int has_profile;  /* configured with the engine's profile, as pb_engine_get leaves it */
     int lean_headers; /* headers not kept: Retry-After is read once at the end */
+    const pb_netpolicy *policy; /* the engine's, when addresses are checked */
+    int blocked, opened;        /* addresses refused by the policy, sockets opened */
+    char blocked_why[PB_NETPOLICY_WHY];
     struct xfer *prev, *next;
 } xfer;
 
@@ -43,6 +49,8 @@ struct pb_engine {
     xfer *last;                   /* handed out by pb_engine_next */
     size_t nactive, nqueued, ndone, nfree;
     size_t max_running;
+    pb_netpolicy *policy; /* NULL: no destination checks */
+    unsigned url_flags;
     /* The profile of pb_engine_get: a private copy of the caller's pb_req. */
     int has_profile;
     pb_req profile;
@@ -187,11 +195,15 @@ pb_engine *pb_engine_new(const pb_engine_opts *o, char *why, size_t whylen)
     if (o && o->max_total_connections > 0)
         curl_multi_setopt(e->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, o->max_total_connections);
     curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
-    if (o) e->max_running = o->max_running;
+    if (o) {
+        e->max_running = o->max_running;
+        e->url_flags = o->url_flags;
+    }
     if (o && o->profile && copy_profile(e, o->profile) != PB_OK) {
         pb_engine_free(e);
         return NULL;
     }
+    if (o) e->policy = o->policy; /* taken over now that nothing can fail */
     return e;
 }
 
@@ -289,6 +301,7 @@ void pb_engine_free(pb_engine *e)
     free(e->profile_user);
     free(e->profile_pass);
     free(e->profile_proxy);
+    pb_netpolicy_free(e->policy);
     free(e);
 }
 
@@ -356,6 +369,8 @@ static xfer *take_xfer(pb_engine *e)
         }
     }
     x->too_large = x->nomem = x->fail = x->sent = x->headers_done = 0;
+    x->blocked = x->opened = 0;
+    x->policy = e->policy;
     x->status = 0;
     x->seconds = 0;
     x->err[0] = '\0';
@@ -363,8 +378,9 @@ static xfer *take_xfer(pb_engine *e)
 }
 
 /* Refuses a URL that must never be requested: over max_url, other schemes,
- * CR, LF, NUL or other control bytes. */
-static int check_url(const char *url, size_t url_len, size_t max_url, char *why, size_t whylen)
+ * CR, LF, NUL or other control bytes, user info unless flags allow it. */
+static int check_url(const char *url, size_t url_len, size_t max_url, unsigned flags, char *why,
+                     size_t whylen)
 {
     const char *bad;
     if (!max_url) max_url = PB_MAX_URL_DEFAULT;
@@ -379,7 +395,7 @@ static int check_url(const char *url, size_t url_len, size_t max_url, char *why,
         return PB_EINVAL;
     }
     /* (control bytes, CR, LF and NUL among them, are refused here) */
-    bad = pb_check_request_url(url, url_len);
+    bad = pb_check_request_url_ex(url, url_len, flags);
     if (bad) {
         char msg[96];
         snprintf(msg, sizeof msg, "URL %s", bad);
@@ -391,8 +407,8 @@ static int check_url(const char *url, size_t url_len, size_t max_url, char *why,
 
 /* Refuses what must never be sent: the URL checks, an invalid method, bad
  * or oversized headers, CR, LF or NUL in credentials. */
-static int check_request(const pb_req *r, const char *method, size_t url_len, char *why,
-                         size_t whylen)
+static int check_request(const pb_req *r, const char *method, size_t url_len, unsigned flags,
+                         char *why, size_t whylen)
 {
     const char *bad;
     int rc;
@@ -400,7 +416,7 @@ static int check_request(const pb_req *r, const char *method, size_t url_len, ch
         set_why(why, whylen, "invalid method");
         return PB_EINVAL;
     }
-    if ((rc = check_url(r->url, url_len, r->max_url, why, whylen)) != PB_OK) return rc;
+    if ((rc = check_url(r->url, url_len, r->max_url, flags, why, whylen)) != PB_OK) return rc;
     bad = headers_problem(r->headers, r->nheaders);
     if (bad) {
         set_why(why, whylen, bad);
@@ -413,6 +429,8 @@ static int check_request(const pb_req *r, const char *method, size_t url_len, ch
     }
     return PB_OK;
 }
+
+static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a);
 
 /* libcurl 7.83+ can look a header up after the transfer: firing GETs then
  * keep no response headers at all. */
@@ -470,6 +488,10 @@ static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int 
     /* Waiting for a connection to multiplex on only makes sense where HTTP/2
      * is possible (https, by ALPN); on plain http it only delays. */
     SET(CURLOPT_PIPEWAIT, https ? 1L : 0L);
+    if (x->policy && !r->proxy && !r->proxy_from_env) {
+        SET(CURLOPT_OPENSOCKETFUNCTION, open_socket);
+        SET(CURLOPT_OPENSOCKETDATA, (void *)x);
+    }
     if (r->fresh_connect) SET(CURLOPT_FRESH_CONNECT, 1L);
     if (hdrs) SET(CURLOPT_HTTPHEADER, hdrs);
 #undef SET
@@ -493,10 +515,57 @@ static int launch(pb_engine *e, xfer *x)
     return PB_OK;
 }
 
-static int keep_url(xfer *x, const char *url, size_t len)
+/* Keeps the URL to send in x->url: as given, or converted to what libcurl
+ * sends unchanged (punycode host, numeric IPv4 as a.b.c.d, bytes >= 0x80
+ * percent-encoded), so what is reported is what went on the wire. */
+static int keep_url(pb_engine *e, xfer *x, const char *url, size_t len, char *why, size_t whylen)
 {
+    int rc;
     pb_buf_reset(&x->url);
-    return pb_buf_append(&x->url, url, len);
+    rc = pb_url_to_ascii(url, len, e->url_flags, &x->url, why, whylen);
+    if (rc == 1) return PB_OK;
+    if (rc == 0) return pb_buf_append(&x->url, url, len);
+    return rc == PB_ELIMIT ? PB_ENOMEM : rc;
+}
+
+/* Checks an IP-literal host against the policy before a transfer that goes
+ * through a proxy (the proxy resolves names: only literals can be checked). */
+static int check_proxied_host(pb_engine *e, const char *url, size_t len, char *why,
+                              size_t whylen)
+{
+    const char *p = strstr(url, "://"), *h, *end = url + len;
+    char host[64];
+    size_t n = 0;
+    if (!e->policy || !p) return PB_OK;
+    for (h = p + 3, p = h; p < end && *p != '/' && *p != '?' && *p != '#'; p++)
+        if (*p == '@') h = p + 1;
+    if (h < end && *h == '[') {
+        for (p = h + 1; p < end && *p != ']' && n < sizeof host - 1; p++) host[n++] = *p;
+    } else {
+        for (p = h; p < end && *p != ':' && *p != '/' && *p != '?' && *p != '#' && n < sizeof host - 1; p++)
+            host[n++] = *p;
+    }
+    host[n] = '\0';
+    if (n == 0 || !strspn(host, "0123456789.:abcdefABCDEF") || strspn(host, "0123456789.:abcdefABCDEF") != n)
+        return PB_OK; /* a name: the proxy resolves it */
+    if (strchr(host, ':') == NULL && strspn(host, "0123456789.") != n) return PB_OK;
+    if (pb_netpolicy_check_text(e->policy, host, n, why, whylen) != PB_NET_ALLOWED) return PB_EBLOCKED;
+    return PB_OK;
+}
+
+/* Opens the sockets of transfers whose addresses the policy checks: every
+ * resolved address, at connect time, redirects included. */
+static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    xfer *x = ud;
+    char why[PB_NETPOLICY_WHY];
+    if (purpose == CURLSOCKTYPE_IPCXN && x->policy &&
+        pb_netpolicy_check(x->policy, &a->addr, a->addrlen, why, sizeof why) != PB_NET_ALLOWED) {
+        if (!x->blocked++) memcpy(x->blocked_why, why, sizeof why);
+        return CURL_SOCKET_BAD; /* libcurl tries the next address, else fails to connect */
+    }
+    x->opened++;
+    return socket(a->family, a->socktype, a->protocol);
 }
 
 int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
@@ -508,7 +577,7 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
     size_t i;
     int ok = 1, rc;
 
-    if ((rc = check_request(r, method, url_len, why, whylen)) != PB_OK) return rc;
+    if ((rc = check_request(r, method, url_len, e->url_flags, why, whylen)) != PB_OK) return rc;
     x = take_xfer(e);
     if (!x) return PB_ENOMEM;
     c = x->easy;
@@ -525,7 +594,14 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
         struct curl_slist *sl = curl_slist_append(x->hdrs, "Expect:");
         if (sl) x->hdrs = sl; else ok = 0;
     }
-    ok = ok && keep_url(x, r->url, url_len) == PB_OK;
+    if (ok && r->proxy && (rc = check_proxied_host(e, r->url, url_len, why, whylen)) != PB_OK) {
+        recycle(e, x);
+        return rc;
+    }
+    if (ok && (rc = keep_url(e, x, r->url, url_len, why, whylen)) != PB_OK) {
+        recycle(e, x);
+        return rc;
+    }
     ok = ok && apply_options(x, r, x->hdrs, 0, pb_url_is_https(r->url, url_len));
 #define SET(opt, val) ok = ok && curl_easy_setopt(c, opt, val) == CURLE_OK
     SET(CURLOPT_URL, pb_buf_str(&x->url));
@@ -554,7 +630,7 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
     xfer *x;
     int rc, https;
     /* The profile (headers, credentials) was checked when it was copied. */
-    if ((rc = check_url(url, len, e->profile.max_url, why, whylen)) != PB_OK) return rc;
+    if ((rc = check_url(url, len, e->profile.max_url, e->url_flags, why, whylen)) != PB_OK) return rc;
     x = take_xfer(e);
     if (!x) return PB_ENOMEM;
     x->tag = tag;
@@ -571,8 +647,15 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
         }
         x->has_profile = 1 + https;
     }
-    if (keep_url(x, url, len) != PB_OK ||
-        curl_easy_setopt(x->easy, CURLOPT_URL, pb_buf_str(&x->url)) != CURLE_OK) {
+    if (e->profile.proxy && (rc = check_proxied_host(e, url, len, why, whylen)) != PB_OK) {
+        recycle(e, x);
+        return rc;
+    }
+    if ((rc = keep_url(e, x, url, len, why, whylen)) != PB_OK) {
+        recycle(e, x);
+        return rc;
+    }
+    if (curl_easy_setopt(x->easy, CURLOPT_URL, pb_buf_str(&x->url)) != CURLE_OK) {
         recycle(e, x);
         return PB_ENOMEM;
     }
@@ -630,7 +713,10 @@ static void finish(pb_engine *e, xfer *x, CURLcode rc)
     x->status = status;
     x->seconds = secs;
     x->fail = classify(x, rc);
-    if (x->fail == PB_FAIL_NONE && !x->headers_done) {
+    if (x->blocked && !x->opened && x->fail == PB_FAIL_CONNECT) {
+        x->fail = PB_FAIL_BLOCKED;
+        set_err(x, x->blocked_why);
+    } else if (x->fail == PB_FAIL_NONE && !x->headers_done) {
         /* libcurl takes a connection closed inside the headers for an answer. */
         x->fail = PB_FAIL_TRANSPORT;
         set_err(x, "the connection closed before the end of the answer's headers");
@@ -642,7 +728,8 @@ static void finish(pb_engine *e, xfer *x, CURLcode rc)
         set_err(x, curl_easy_strerror(rc));
     }
     /* Nothing left this machine when the connection never came up. */
-    x->sent = !(x->fail == PB_FAIL_CONNECT || (reqsize == 0 && status == 0));
+    x->sent = !(x->fail == PB_FAIL_CONNECT || x->fail == PB_FAIL_BLOCKED ||
+                (reqsize == 0 && status == 0));
     list_remove(&e->active, x);
     e->nactive--;
     fifo_push(&e->done_head, &e->done_tail, x);

@@ -19,6 +19,7 @@
 typedef struct pb_engine pb_engine;
 
 struct pb_req;
+struct pb_netpolicy;
 
 /* Size bounds of what may be sent. */
 #define PB_MAX_URL_DEFAULT 16384u   /* a rendered URL (pb_req.max_url overrides) */
@@ -29,6 +30,11 @@ typedef struct pb_engine_opts {
     long max_host_connections;  /* 0 = no limit */
     long max_total_connections; /* 0 = no limit */
     size_t max_running;         /* transfers running at once; 0 = no limit */
+    /* The destination policy every address is checked against at connect
+     * time (CURLOPT_OPENSOCKETFUNCTION), redirects included; NULL = none.
+     * The engine takes it over (it frees it) when pb_engine_new succeeds. */
+    struct pb_netpolicy *policy;
+    unsigned url_flags;         /* PB_URL_ALLOW_USERINFO: user info may be sent */
     /* Options for pb_engine_get (all but url, method and body are used;
      * copied). NULL = plain GETs with libcurl's defaults. */
     const struct pb_req *profile;
@@ -88,7 +94,9 @@ enum {
     PB_FAIL_CONNECT,   /* resolving or connecting failed: nothing was sent */
     PB_FAIL_TRANSPORT, /* the connection broke (reset, truncated answer, ...) */
     PB_FAIL_TLS,       /* certificate or handshake problem */
-    PB_FAIL_TOO_LARGE  /* the answer was over max_body */
+    PB_FAIL_TOO_LARGE, /* the answer was over max_body */
+    PB_FAIL_BLOCKED    /* every address of the host was refused by the policy:
+                        * nothing was sent */
 };
 
 typedef struct pb_result {
@@ -123,6 +131,7 @@ void pb_engine_free(pb_engine *e);
 /* Return codes besides PB_OK and PB_ENOMEM. */
 #define PB_EINVAL (-3) /* the request was refused: nothing was sent */
 #define PB_ECURL (-4)  /* libcurl's multi interface failed */
+#define PB_EBLOCKED (-5) /* the destination is refused by the policy: nothing was sent */
 
 /* Starts a request, or queues it while max_running transfers run. Returns
  * PB_OK, PB_ENOMEM, or PB_EINVAL with a reason in why (then nothing was

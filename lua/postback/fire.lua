@@ -100,6 +100,7 @@ M.OPTIONS = {
   proxy = { kind = "string", no_crlf = true },
   allow_private = { kind = "boolean" },
   allow_networks = { kind = networks_check },
+  allow_userinfo = { kind = "boolean" },
   transport = { kind = "any" },
 }
 
@@ -182,11 +183,12 @@ function M.render_target(target, values, o)
     return nil, invalid("too_long", "url", ("postback URL is longer than max_url (%d bytes)"):format(
       o.max_url or M.DEFAULTS.max_url))
   end
-  local ok, why = core.check_url(url)
-  if not ok then
-    return nil, invalid("invalid_url", "url", "postback URL " .. why, util.redact_url(url))
+  -- the URL as it is sent (punycode host, bytes >= 0x80 encoded), checked
+  local ascii, why = core.url_to_ascii(url, o.allow_userinfo)
+  if not ascii then
+    return nil, invalid("invalid_url", "url", "postback " .. why, util.redact_url(url))
   end
-  return url
+  return ascii
 end
 
 --- The engine options of fire options: what every GET shares.
@@ -197,6 +199,9 @@ function M.profile(o)
     user_agent = o.user_agent, proxy = o.proxy ~= "env" and o.proxy or nil,
     proxy_from_env = o.proxy == "env" or nil, headers = o.headers,
     concurrency = o.concurrency,
+    -- the destination policy: every address checked at connect time
+    destinations = true, allow_private = o.allow_private, allow_networks = o.allow_networks,
+    allow_userinfo = o.allow_userinfo,
   }
 end
 
@@ -208,7 +213,8 @@ function M.job(url, o, headers)
   for k, v in pairs(o.headers or {}) do merged[k] = v end
   for k, v in pairs(headers) do merged[k] = v end
   local req = M.profile(o)
-  req.concurrency = nil
+  req.concurrency, req.destinations, req.allow_private, req.allow_networks = nil, nil, nil, nil
+  req.allow_userinfo = nil
   req.method, req.url, req.headers = "GET", url, merged
   return { req = req }
 end

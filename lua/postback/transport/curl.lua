@@ -54,8 +54,22 @@ end
 
 local NOT_RETRYABLE = { too_large = true, tls = true }
 
+--- The error of a destination the policy refused (nothing was sent).
+function M.blocked(url, why)
+  local host = type(url) == "string" and url:match("^%a[%w+.-]*://([^/?#]*)") or "?"
+  host = host:gsub("^.*@", "")
+  local addr = type(why) == "string" and why:match("^(%S+) is") or nil
+  local net = addr and (addr:find(":", 1, true) and (addr .. "/128") or (addr .. "/32")) or "ADDRESS/32"
+  return errors.new("validation", {
+    code = "blocked_address", field = "url", host = host, address = addr, retryable = false, sent = false,
+    message = ("postback to %s refused: %s (not a global unicast address); allow it with "
+      .. "allow_networks = {\"%s\"} or allow_private = true"):format(host, tostring(why), net),
+  })
+end
+
 --- The error of a failed transfer.
-function M.failure(fail, message, sent, seconds)
+function M.failure(fail, message, sent, seconds, url)
+  if fail == "blocked" then return M.blocked(url, message) end
   return errors.new(fail == "timeout" and "timeout" or "transport", {
     message = message, reason = fail, sent = sent, seconds = seconds,
     retryable = not NOT_RETRYABLE[fail],
@@ -71,15 +85,22 @@ end
 function M.new(opts)
   util.refuse_in_nginx(2)
   opts = opts or {}
-  local e = { max_running = opts.concurrency, max_host = opts.per_host, max_total = opts.max_total }
+  local e = { max_running = opts.concurrency, max_host = opts.per_host, max_total = opts.max_total,
+              destinations = opts.destinations, allow_private = opts.allow_private,
+              allow_networks = opts.allow_networks, allow_userinfo = opts.allow_userinfo }
   for _, k in ipairs(core.REQUEST_OPTIONS) do e[k] = opts[k] end
   e.headers = opts.headers
   return setmetatable({ engine = core.engine(e), sink = { slow = {} } }, T)
 end
 
 function T:submit(job)
-  if job.req then return self.engine:add(job.req, job.tag) end
-  return self.engine:get(job.url, job.tag)
+  local ok, why, code
+  if job.req then ok, why, code = self.engine:add(job.req, job.tag)
+  else ok, why, code = self.engine:get(job.url, job.tag) end
+  if ok then return true end
+  if code == "blocked_address" then return nil, M.blocked(job.url or job.req.url, why) end
+  return nil, errors.new("validation", { code = "invalid_url", field = "url", retryable = false, sent = false,
+    message = "request refused before sending: " .. tostring(why) })
 end
 
 --- Fast path: fires up to n plain items of a source (see engine:feed).
@@ -103,7 +124,7 @@ function T:wait(timeout, sink)
 end
 
 function T:outcome(o)
-  if o.fail then return nil, M.failure(o.fail, o.message, o.sent, o.seconds) end
+  if o.fail then return nil, M.failure(o.fail, o.message, o.sent, o.seconds, o.url) end
   return o
 end
 
@@ -119,8 +140,9 @@ end
 function T:request(req)
   local tag = (self.last_tag or 0) + 1
   self.last_tag = tag
-  local ok, why = self.engine:add(req, tag)
+  local ok, why, code = self.engine:add(req, tag)
   if not ok then
+    if code == "blocked_address" then return nil, M.blocked(req.url, why) end
     return nil, errors.new("validation", { message = "request refused before sending: " .. why,
       retryable = false, sent = false })
   end
