@@ -518,10 +518,12 @@ static int launch(pb_engine *e, xfer *x)
 /* Keeps the URL to send in x->url: as given, or converted to what libcurl
  * sends unchanged (punycode host, numeric IPv4 as a.b.c.d, bytes >= 0x80
  * percent-encoded), so what is reported is what went on the wire. */
-static int keep_url(pb_engine *e, xfer *x, const char *url, size_t len, char *why, size_t whylen)
+static int keep_url(pb_engine *e, xfer *x, const char *url, size_t len, int plain, char *why,
+                    size_t whylen)
 {
     int rc;
     pb_buf_reset(&x->url);
+    if (plain) return pb_buf_append(&x->url, url, len);
     rc = pb_url_to_ascii(url, len, e->url_flags, &x->url, why, whylen);
     if (rc == 1) return PB_OK;
     if (rc == 0) return pb_buf_append(&x->url, url, len);
@@ -598,7 +600,7 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
         recycle(e, x);
         return rc;
     }
-    if (ok && (rc = keep_url(e, x, r->url, url_len, why, whylen)) != PB_OK) {
+    if (ok && (rc = keep_url(e, x, r->url, url_len, pb_url_plain(r->url, url_len), why, whylen)) != PB_OK) {
         recycle(e, x);
         return rc;
     }
@@ -630,7 +632,10 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
     xfer *x;
     int rc, https;
     /* The profile (headers, credentials) was checked when it was copied. */
-    if ((rc = check_url(url, len, e->profile.max_url, e->url_flags, why, whylen)) != PB_OK) return rc;
+    int plain = len <= (e->profile.max_url ? e->profile.max_url : PB_MAX_URL_DEFAULT) &&
+                pb_url_plain(url, len);
+    if (!plain && (rc = check_url(url, len, e->profile.max_url, e->url_flags, why, whylen)) != PB_OK)
+        return rc;
     x = take_xfer(e);
     if (!x) return PB_ENOMEM;
     x->tag = tag;
@@ -651,7 +656,7 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
         recycle(e, x);
         return rc;
     }
-    if ((rc = keep_url(e, x, url, len, why, whylen)) != PB_OK) {
+    if ((rc = keep_url(e, x, url, len, plain, why, whylen)) != PB_OK) {
         recycle(e, x);
         return rc;
     }

@@ -442,3 +442,64 @@ int pb_url_is_loopback(const char *s, size_t n)
     }
     return 0;
 }
+
+int pb_url_plain(const char *s, size_t n)
+{
+    const char *p = s, *end = s + n, *h, *he, *auth_end;
+    int label_start = 1, alpha_label = 0, labels = 0, digits = 0;
+    unsigned value = 0;
+    if (n >= 7 && (p[0] | 0x20) == 'h' && (p[1] | 0x20) == 't' && (p[2] | 0x20) == 't' &&
+        (p[3] | 0x20) == 'p') {
+        p += 4;
+        if ((*p | 0x20) == 's') p++;
+        if (end - p < 3 || p[0] != ':' || p[1] != '/' || p[2] != '/') return 0;
+        p += 3;
+    } else {
+        return 0;
+    }
+    /* the host: letters, digits, '.', '-', '_', '~' (no '%', '@', '[' or macro) */
+    for (h = p; p < end; p++) {
+        unsigned char c = (unsigned char)*p;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
+            if (label_start) alpha_label = 1;
+            label_start = 0;
+        } else if ((c >= '0' && c <= '9') || c == '-' || c == '_' || c == '~') {
+            label_start = 0;
+        } else if (c == '.') {
+            label_start = 1;
+        } else {
+            break;
+        }
+    }
+    he = p;
+    if (he == h) return 0;
+    if (p < end && *p == ':') {
+        unsigned long port = 0;
+        const char *ps = ++p;
+        for (; p < end && *p >= '0' && *p <= '9' && p - ps < 6; p++) port = port * 10 + (unsigned long)(*p - '0');
+        if (p == ps || p - ps > 5 || port == 0 || port > 65535) return 0;
+    }
+    auth_end = p;
+    if (auth_end < end && *auth_end != '/' && *auth_end != '?' && *auth_end != '#') return 0;
+    for (p = auth_end; p < end; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c <= 0x20 || c >= 0x7f) return 0;
+    }
+    if (alpha_label) return 1;
+    /* else only a dotted quad already in its canonical form */
+    for (p = h; p <= he; p++) {
+        if (p == he || *p == '.') {
+            if (digits == 0 || value > 255) return 0;
+            labels++;
+            digits = 0;
+            value = 0;
+        } else if (*p >= '0' && *p <= '9') {
+            if (digits == 1 && value == 0) return 0; /* a leading zero: octal */
+            if (++digits > 3) return 0;
+            value = value * 10 + (unsigned)(*p - '0');
+        } else {
+            return 0;
+        }
+    }
+    return labels == 4;
+}

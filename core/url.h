@@ -49,6 +49,14 @@ const char *pb_check_request_url(const char *s, size_t n); /* flags 0 */
 int pb_url_to_ascii(const char *s, size_t n, unsigned flags, pb_buf *out, char *why,
                     size_t whylen);
 
+/* 1 when s is, at a glance, a request URL pb_check_request_url accepts and
+ * pb_url_to_ascii keeps as it is: http(s), a host that is a name (a label
+ * starts with a letter) or a dotted quad in its canonical form, made of
+ * letters, digits and . - _ ~ only, an optional port, and no byte outside
+ * 0x21-0x7e. 0 means "not sure": use the full checks. One pass, for the
+ * firing hot path. */
+int pb_url_plain(const char *s, size_t n);
+
 /* 1 when the host of an http(s) URL is loopback (localhost, 127.0.0.0/8, [::1]). */
 int pb_url_is_loopback(const char *s, size_t n);
 /* 1 when the URL's scheme is https (case-insensitive). */

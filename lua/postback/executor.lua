@@ -314,19 +314,19 @@ end
 -- concurrency: the engine starts the queued ones itself as others finish.
 function Executor:fill()
   local now = core.now()
-  while self.ninflight + self.nfast < self.concurrency do
+  local c = self.concurrency
+  while self.ninflight + self.nfast < c do
     local job = next_ready(self, now)
-    if job then
-      if job.due and job.due > now then
-        heap_push(self.heap, job) -- a source job with a delay
-      elseif not self:start(job, now) then
-        break
-      end
-    elseif self.feed_source then
-      if not self:feed(2 * self.concurrency - self.ninflight - self.nfast) then break end
-    else
+    if not job then break end
+    if job.due and job.due > now then
+      heap_push(self.heap, job) -- a source job with a delay
+    elseif not self:start(job, now) then
       break
     end
+  end
+  -- the engine keeps up to as many again queued, started as others finish
+  while self.feed_source and self.ninflight + self.nfast < 2 * c do
+    if not self:feed(2 * c - self.ninflight - self.nfast) then break end
   end
 end
 

@@ -401,8 +401,8 @@ static char *read_file(const char *path)
 int main(int argc, char **argv)
 {
     static char u[2048];
-    static bag core_only, curl_only_unlisted, ascii_diff, code_diff;
-    long counts[ND] = { 0 }, n_ok = 0, n_both_refuse = 0, n_converted = 0, n_code = 0, i;
+    static bag core_only, curl_only_unlisted, ascii_diff, code_diff, plain_diff;
+    long counts[ND] = { 0 }, n_ok = 0, n_both_refuse = 0, n_converted = 0, n_code = 0, n_plain = 0, i;
     int pass, utf8;
     char name[200];
 
@@ -419,6 +419,17 @@ int main(int argc, char **argv)
             const char *cwhy = pb_check_code_url_ex(u, n, flags);
             int has_nul = memchr(u, '\0', n) != NULL;
             reading c;
+            if (pb_url_plain(u, n)) {
+                /* the firing fast path: must agree with the full checks */
+                pb_buf pb;
+                int arc;
+                n_plain++;
+                pb_buf_init(&pb, NULL);
+                arc = why ? -1 : pb_url_to_ascii(u, n, flags, &pb, NULL, 0);
+                if (arc != 0) bag_add(&plain_diff, "%s: pb_url_plain says plain, full check %s, to_ascii %d",
+                                      show(u, n), why ? why : "accepts", arc);
+                pb_buf_free(&pb);
+            }
             if (has_nul) {
                 /* libcurl takes a C string: only check that core refuses it */
                 if (!why) bag_add(&core_only, "%s: accepted with a NUL byte", show(u, n));
@@ -548,6 +559,10 @@ int main(int argc, char **argv)
     tap(curl_only_unlisted.n == 0, "every URL only libcurl accepts is a listed difference");
     bag_print(&curl_only_unlisted);
     for (i = 0; i < ND; i++) printf("# listed: %-32s %ld\n", d_names[i], counts[i]);
+    bag_print(&plain_diff);
+    snprintf(name, sizeof name, "the firing fast path (pb_url_plain) agrees with the full checks on %ld URLs",
+             n_plain);
+    tap(plain_diff.n == 0 && n_plain > 1000, name);
     tap(ascii_diff.n == 0, "libcurl reads the ASCII form as core does, and as the original");
     bag_print(&ascii_diff);
     snprintf(name, sizeof name, "code URLs that validate are fired as they read (%ld rendered)", n_code);
