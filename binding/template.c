@@ -2,6 +2,7 @@
 
 typedef struct ltemplate {
     pb_template *t;
+    pb_scratch out; /* its own output buffer (shared = 1: never on the stack) */
 } ltemplate;
 
 static ltemplate *check_template(lua_State *L, int i)
@@ -17,6 +18,9 @@ static ltemplate *push_template(lua_State *L, const char *code, size_t len)
     ltemplate *lt = (ltemplate *)pb_newuserdata(L, sizeof *lt, 1);
     size_t i;
     lt->t = NULL;
+    pb_buf_init(&lt->out.b, NULL);
+    lt->out.busy = 0;
+    lt->out.shared = 1;
     pb_setmetatable(L, PB_TEMPLATE_MT);
     lt->t = pb_template_parse(code, len, NULL);
     if (!lt->t) pb_fail_nomem(L);
@@ -45,6 +49,7 @@ static int l_template_gc(lua_State *L)
     ltemplate *lt = (ltemplate *)luaL_checkudata(L, 1, PB_TEMPLATE_MT);
     pb_template_free(lt->t);
     lt->t = NULL;
+    pb_buf_free(&lt->out.b);
     return 0;
 }
 
@@ -127,11 +132,23 @@ static int render_into(lua_State *L, ltemplate *lt, int ti, int vi, const pb_ren
         if (t->nnames > (size_t)-1 / sizeof *vals) return pb_fail_nomem(L);
         vals = (pb_value *)pb_newuserdata(L, t->nnames * sizeof *vals, 0);
     }
-    if (vi && t->nnames) {
-        /* Looked-up values must stay alive while their strings are used:
-         * on the stack when few, else in a table (stacks are limited). */
+    if (vi && t->nnames && !lua_getmetatable(L, vi)) {
+        /* A plain table: its values stay alive in it while the strings
+         * are used, and raw reads are all it takes. */
+        pb_getuservalue(L, ti);
+        for (i = 0; i < t->nnames; i++) {
+            lua_rawgeti(L, -1, (int)(i + 1));
+            lua_rawget(L, vi);
+            pb_tovalue(L, -1, &vals[i]);
+            lua_pop(L, 1);
+        }
+    } else if (vi && t->nnames) {
+        /* With a metatable (__index may make values): looked-up values must
+         * stay alive while their strings are used: on the stack when few,
+         * else in a table (stacks are limited). */
         int on_stack = t->nnames <= 64 && lua_checkstack(L, (int)t->nnames + 4);
         int names, keep = 0;
+        lua_pop(L, 1); /* the metatable */
         pb_getuservalue(L, ti);
         names = lua_gettop(L);
         if (!on_stack) {
@@ -165,7 +182,13 @@ static int render(lua_State *L, ltemplate *lt, int ti, int vi, int oi, int optar
     int rc;
 
     read_render_opts(L, oi, optarg, &ro);
-    sc = scratch_acquire(L);
+    if (!lt->out.busy) {
+        sc = &lt->out;
+        sc->busy = 1;
+        pb_buf_reset(&sc->b);
+    } else {
+        sc = scratch_acquire(L); /* a render re-entered from a metamethod */
+    }
     rc = render_into(L, lt, ti, vi, &ro, &sc->b, &err, &tname);
     if (rc == PB_OK) lua_pushlstring(L, pb_buf_str(&sc->b), sc->b.len);
     scratch_release(sc);
