@@ -113,6 +113,23 @@ static void pb_pusherror(lua_State *L, const char *kind, const char *code, const
     }
     lua_pushstring(L, message);
     lua_setfield(L, -2, "message");
+    if (strcmp(kind, "validation") == 0) {
+        /* one shape for every validation error: its problems in `errors` */
+        lua_createtable(L, 1, 0);
+        lua_createtable(L, 0, 3);
+        if (code) {
+            lua_pushstring(L, code);
+            lua_setfield(L, -2, "code");
+        }
+        if (field) {
+            lua_pushstring(L, field);
+            lua_setfield(L, -2, "field");
+        }
+        lua_pushstring(L, message);
+        lua_setfield(L, -2, "message");
+        lua_rawseti(L, -2, 1);
+        lua_setfield(L, -2, "errors");
+    }
     pb_setmetatable(L, PB_ERROR_MT);
 }
 

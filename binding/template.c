@@ -97,10 +97,8 @@ static int push_render_error(lua_State *L, int rc, const char *name, size_t nlen
     else
         lua_pushfstring(L, "value for macro {%s} is a %s (expected a string, number or boolean)",
                         lua_tostring(L, -1), tname ? tname : "value");
-    pb_pusherror(L, "validation", rc == PB_RERR_MISSING ? "missing" : "bad_value", NULL,
-                 lua_tostring(L, -1));
-    lua_pushvalue(L, -3);
-    lua_setfield(L, -2, "field");
+    pb_pusherror(L, "validation", rc == PB_RERR_MISSING ? "missing" : "bad_value",
+                 lua_tostring(L, -2), lua_tostring(L, -1));
     lua_pushvalue(L, -3);
     lua_setfield(L, -2, "macro");
     lua_replace(L, -3);

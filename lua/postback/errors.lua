@@ -44,10 +44,22 @@ mt.__tostring = describe
 mt.__index = nil
 
 --- Makes an error table of the given kind from fields (the table is reused).
+-- Every validation error has one shape: code and field of its (first)
+-- problem, and the list of problems {field, code, message} in `errors`.
 function M.new(kind, fields)
   fields = fields or {}
   fields.kind = kind
   fields.message = fields.message or kind
+  if kind == "validation" then
+    local list = fields.errors
+    if type(list) ~= "table" or list[1] == nil then
+      fields.errors = { { field = fields.field, code = fields.code or "invalid", message = fields.message } }
+    else
+      fields.code = fields.code or list[1].code
+      fields.field = fields.field or list[1].field
+    end
+    fields.code = fields.code or "invalid"
+  end
   return setmetatable(fields, mt)
 end
 
