@@ -1,8 +1,10 @@
 /* alloc.h - the allocator every core object allocates through.
  *
- * The signature is the one of lua_Alloc (without including lua.h), so the Lua
- * binding can hand the state's own allocator down and memory shows up in
- * collectgarbage("count"); C users and the fuzzers pass NULL for malloc.
+ * The signature is the one of lua_Alloc (without including lua.h), so an
+ * embedder can hand a Lua state's allocator down. The binding passes NULL
+ * (malloc): core objects are owned by userdata and freed by their __gc, and
+ * libcurl allocates with malloc anyway. The C tests and the fuzzers pass a
+ * counting allocator that fails the Nth request.
  * A function that returns NULL for nsize > 0 reports an allocation failure,
  * and every caller in core/ handles it. */
 #ifndef PB_ALLOC_H

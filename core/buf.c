@@ -1,7 +1,6 @@
 /* buf.c - growable byte buffer and the default allocator. */
 #include "buf.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,18 +96,6 @@ int pb_buf_putc(pb_buf *b, char c)
     return pb_buf_append(b, &c, 1);
 }
 
-int pb_buf_printf(pb_buf *b, const char *fmt, ...)
-{
-    char tmp[64];
-    va_list ap;
-    int n;
-    va_start(ap, fmt);
-    n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0) return PB_ENOMEM;
-    if ((size_t)n >= sizeof tmp) n = (int)sizeof tmp - 1;
-    return pb_buf_append(b, tmp, (size_t)n);
-}
 
 void pb_buf_reset(pb_buf *b)
 {

@@ -22,12 +22,6 @@ int pb_buf_reserve(pb_buf *b, size_t extra);
 int pb_buf_append(pb_buf *b, const void *p, size_t n);
 int pb_buf_puts(pb_buf *b, const char *s);
 int pb_buf_putc(pb_buf *b, char c);
-/* Appends at most 64 bytes of printf output (numbers, short words). */
-int pb_buf_printf(pb_buf *b, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
 void pb_buf_reset(pb_buf *b);  /* len = 0, keeps the memory */
 void pb_buf_free(pb_buf *b);   /* releases the memory */
 /* The contents as a C string ("" when nothing was appended). */

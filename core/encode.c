@@ -64,21 +64,3 @@ int pb_hexval(unsigned char c)
     return -1;
 }
 
-int pb_url_decode(pb_buf *out, const char *s, size_t n)
-{
-    size_t i;
-    int rc;
-    if ((rc = pb_buf_reserve(out, n)) != PB_OK) return rc;
-    for (i = 0; i < n; i++) {
-        int hi, lo;
-        if (s[i] == '%' && n - i >= 3 && (hi = pb_hexval((unsigned char)s[i + 1])) >= 0 &&
-            (lo = pb_hexval((unsigned char)s[i + 2])) >= 0) {
-            out->data[out->len++] = (char)(hi * 16 + lo);
-            i += 2;
-        } else {
-            out->data[out->len++] = s[i];
-        }
-    }
-    out->data[out->len] = '\0';
-    return PB_OK;
-}

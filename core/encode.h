@@ -16,8 +16,5 @@ size_t pb_url_encode_into(char *dst, const char *s, size_t n);
 size_t pb_url_encoded_len(const char *s, size_t n);
 /* Value 0-15 of a hex digit, or -1. */
 int pb_hexval(unsigned char c);
-/* Appends the percent-decoding of s; '+' is kept (this is not form decoding).
- * A '%' not followed by two hex digits is kept as is. */
-int pb_url_decode(pb_buf *out, const char *s, size_t n);
 
 #endif

@@ -19,6 +19,7 @@
 
 #include "core/buf.h"
 #include "core/encode.h"
+#include "spec/c/test_helpers.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

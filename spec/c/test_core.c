@@ -30,6 +30,7 @@
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/encode.h"
+#include "spec/c/test_helpers.h"
 #include "core/json.h"
 #include "core/macros.h"
 #include "core/suggest.h"
