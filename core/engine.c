@@ -40,8 +40,19 @@ typedef struct xfer {
     struct xfer *prev, *next;
 } xfer;
 
+/* A GET waiting for a slot: just its URL (checked and converted already);
+ * it gets an easy handle when it starts. */
+typedef struct pend {
+    struct pend *next;
+    unsigned long long tag;
+    int user;
+    size_t len;
+    char url[1]; /* len bytes and a NUL */
+} pend;
+
 struct pb_engine {
     CURLM *multi;
+    pend *pend_head, *pend_tail; /* GETs waiting for a slot */
     xfer *active;                 /* running, doubly linked */
     xfer *queued_head, *queued_tail; /* prepared, waiting for a slot */
     xfer *done_head, *done_tail;  /* finished, not yet taken */
@@ -268,7 +279,7 @@ static void recycle(pb_engine *e, xfer *x)
 {
     curl_slist_free_all(x->hdrs);
     x->hdrs = NULL;
-    if (e->nfree >= MAX_FREE_HANDLES) {
+    if (e->nfree >= MAX_FREE_HANDLES || !x->easy) {
         xfer_destroy(x);
         return;
     }
@@ -291,6 +302,11 @@ void pb_engine_free(pb_engine *e)
         xfer_destroy(x);
     }
     free_chain(e->queued_head);
+    while (e->pend_head) {
+        pend *p = e->pend_head;
+        e->pend_head = p->next;
+        free(p);
+    }
     free_chain(e->done_head);
     free_chain(e->free_list);
     xfer_destroy(e->last);
@@ -626,22 +642,15 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
     return launch(e, x);
 }
 
-int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user,
-                  char *why, size_t whylen)
+/* Starts a GET of url (checked and converted already) with the profile. */
+static int start_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user)
 {
-    xfer *x;
-    int rc, https;
-    /* The profile (headers, credentials) was checked when it was copied. */
-    int plain = len <= (e->profile.max_url ? e->profile.max_url : PB_MAX_URL_DEFAULT) &&
-                pb_url_plain(url, len);
-    if (!plain && (rc = check_url(url, len, e->profile.max_url, e->url_flags, why, whylen)) != PB_OK)
-        return rc;
-    x = take_xfer(e);
+    xfer *x = take_xfer(e);
+    int https = pb_url_is_https(url, len);
     if (!x) return PB_ENOMEM;
     x->tag = tag;
     x->user = user;
     x->max_body = e->profile.max_body ? e->profile.max_body : DEFAULT_MAX_BODY;
-    https = pb_url_is_https(url, len);
     /* The handle keeps the profile between uses; PIPEWAIT depends on the
      * scheme, so a handle last used for the other scheme is set up again. */
     if (!x->has_profile || (x->has_profile - 1) != https) {
@@ -652,19 +661,66 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
         }
         x->has_profile = 1 + https;
     }
-    if (e->profile.proxy && (rc = check_proxied_host(e, url, len, why, whylen)) != PB_OK) {
-        recycle(e, x);
-        return rc;
-    }
-    if ((rc = keep_url(e, x, url, len, plain, why, whylen)) != PB_OK) {
-        recycle(e, x);
-        return rc;
-    }
-    if (curl_easy_setopt(x->easy, CURLOPT_URL, pb_buf_str(&x->url)) != CURLE_OK) {
+    pb_buf_reset(&x->url);
+    if (pb_buf_append(&x->url, url, len) != PB_OK ||
+        curl_easy_setopt(x->easy, CURLOPT_URL, pb_buf_str(&x->url)) != CURLE_OK) {
         recycle(e, x);
         return PB_ENOMEM;
     }
-    return launch(e, x);
+    if (curl_multi_add_handle(e->multi, x->easy) != CURLM_OK) {
+        recycle(e, x);
+        return PB_ECURL;
+    }
+    list_push(&e->active, x);
+    e->nactive++;
+    return PB_OK;
+}
+
+int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user,
+                  char *why, size_t whylen)
+{
+    pb_buf conv;
+    pend *p;
+    int rc;
+    /* The profile (headers, credentials) was checked when it was copied. */
+    int plain = len <= (e->profile.max_url ? e->profile.max_url : PB_MAX_URL_DEFAULT) &&
+                pb_url_plain(url, len);
+    if (!plain && (rc = check_url(url, len, e->profile.max_url, e->url_flags, why, whylen)) != PB_OK)
+        return rc;
+    if (e->profile.proxy && (rc = check_proxied_host(e, url, len, why, whylen)) != PB_OK) return rc;
+    pb_buf_init(&conv, NULL);
+    if (!plain) {
+        /* what libcurl sends unchanged: punycode, numeric IPv4, encoded bytes */
+        rc = pb_url_to_ascii(url, len, e->url_flags, &conv, why, whylen);
+        if (rc < 0) return rc == PB_ELIMIT ? PB_ENOMEM : rc;
+        if (rc == 1) {
+            url = pb_buf_str(&conv);
+            len = conv.len;
+        }
+    }
+    if (!e->max_running || e->nactive + e->nqueued < e->max_running) {
+        rc = start_get(e, url, len, tag, user);
+        pb_buf_free(&conv);
+        return rc;
+    }
+    /* No slot: wait in the queue, without an easy handle yet. */
+    p = malloc(sizeof *p + len);
+    if (!p) {
+        pb_buf_free(&conv);
+        return PB_ENOMEM;
+    }
+    p->next = NULL;
+    p->tag = tag;
+    p->user = user;
+    p->len = len;
+    memcpy(p->url, url, len);
+    p->url[len] = '\0';
+    pb_buf_free(&conv);
+    if (e->pend_tail) e->pend_tail->next = p;
+    else e->pend_head = p;
+    e->pend_tail = p;
+    e->nqueued++;
+    return PB_OK;
 }
 
 static int classify(xfer *x, CURLcode rc)
@@ -772,6 +828,34 @@ static void start_queued(pb_engine *e)
         list_push(&e->active, x);
         e->nactive++;
     }
+    while (e->pend_head && (!e->max_running || e->nactive < e->max_running)) {
+        pend *p = e->pend_head;
+        int rc = start_get(e, p->url, p->len, p->tag, p->user);
+        if (rc != PB_OK) {
+            /* No handle could be had: the transfer ends at once, failed (or,
+             * when even that cannot be recorded, it waits for the next try). */
+            xfer *x = calloc(1, sizeof *x);
+            if (!x) break;
+            pb_buf_init(&x->body, NULL);
+            pb_buf_init(&x->head, NULL);
+            pb_buf_init(&x->url, NULL);
+            x->tag = p->tag;
+            x->user = p->user;
+            x->fail = PB_FAIL_TRANSPORT;
+            set_err(x, rc == PB_ENOMEM ? "out of memory starting the transfer"
+                                       : "libcurl refused the transfer");
+            if (pb_buf_append(&x->url, p->url, p->len) != PB_OK) {
+                xfer_destroy(x);
+                break;
+            }
+            fifo_push(&e->done_head, &e->done_tail, x);
+            e->ndone++;
+        }
+        e->pend_head = p->next;
+        if (!e->pend_head) e->pend_tail = NULL;
+        e->nqueued--;
+        free(p);
+    }
 }
 
 static int perform_once(pb_engine *e)
@@ -779,7 +863,7 @@ static int perform_once(pb_engine *e)
     int running;
     if (curl_multi_perform(e->multi, &running) != CURLM_OK) return PB_ECURL;
     drain(e);
-    if (e->queued_head && (!e->max_running || e->nactive < e->max_running)) {
+    if ((e->queued_head || e->pend_head) && (!e->max_running || e->nactive < e->max_running)) {
         start_queued(e);
         if (curl_multi_perform(e->multi, &running) != CURLM_OK) return PB_ECURL;
         drain(e);
