@@ -863,11 +863,11 @@ static int perform_once(pb_engine *e)
     int running;
     if (curl_multi_perform(e->multi, &running) != CURLM_OK) return PB_ECURL;
     drain(e);
-    if ((e->queued_head || e->pend_head) && (!e->max_running || e->nactive < e->max_running)) {
+    /* Transfers that waited for a slot start now; libcurl drives them from
+     * the next perform (their timers are due at once, so a poll does not
+     * wait for them). */
+    if ((e->queued_head || e->pend_head) && (!e->max_running || e->nactive < e->max_running))
         start_queued(e);
-        if (curl_multi_perform(e->multi, &running) != CURLM_OK) return PB_ECURL;
-        drain(e);
-    }
     return PB_OK;
 }
 
