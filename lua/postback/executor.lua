@@ -109,6 +109,7 @@ function M.new(o)
     heap = {},
     next_tag = 0,
     hosts = {},         -- host -> {inflight, waiting fifo, tokens, t, failures, open_until}
+    nwaiting = 0,       -- jobs parked behind their host's per_host cap
     stats_ = { started = 0, delivered = 0, failed = 0, retried = 0, callback_errors = 0, paused = 0 },
   }, Executor)
   self.by_host = self.per_host or self.per_host_rate or self.breaker
@@ -206,6 +207,7 @@ function Executor:host_admits(job, now)
   if self.per_host and st.inflight >= self.per_host then
     st.wt = st.wt + 1
     st.waiting[st.wt] = job
+    self.nwaiting = self.nwaiting + 1
     return false
   end
   if self.per_host_rate then
@@ -231,9 +233,23 @@ function Executor:host_release(job)
     local next_job = st.waiting[st.wh]
     st.waiting[st.wh] = nil
     st.wh = st.wh + 1
+    self.nwaiting = self.nwaiting - 1
     self.tail = self.tail + 1
     self.fifo[self.tail] = next_job
   end
+end
+
+-- Forgets a host that holds nothing any more (no job in flight or waiting,
+-- no failures counted, its rate tokens back), so a gateway that fires to
+-- millions of hosts keeps state only for the busy ones.
+function Executor:host_forget(job)
+  local h = job.host
+  local st = h and self.hosts[h]
+  if not st or st.inflight > 0 or st.wh <= st.wt or st.failures > 0 or st.open_until or st.probing then
+    return
+  end
+  if self.per_host_rate and (core.now() - st.t) * self.per_host_rate < 1 - st.tokens then return end
+  self.hosts[h] = nil
 end
 
 -- The breaker's view of an attempt's outcome.
@@ -380,7 +396,14 @@ end
 -- Ends an attempt: judged value or err; retries or delivers.
 function Executor:finish_job(job, value, err, refused)
   if self.on_attempt then self:call("on_attempt", self.on_attempt, job, job, value, err) end
-  if self.breaker and not refused then self:host_outcome(job, err ~= nil) end
+  if self.breaker then
+    if not refused then
+      self:host_outcome(job, err ~= nil)
+    elseif job.host and self.hosts[job.host] then
+      self.hosts[job.host].probing = false -- a probe refused before sending proved nothing
+    end
+  end
+  if self.by_host then self:host_forget(job) end
   if err and err.retryable then
     local delay = retry.next_delay(self.policy, job.attempts, job.started, err.retry_after)
     if delay then
@@ -475,11 +498,7 @@ end
 
 --- Jobs queued, delayed or in flight (a pending source not counted).
 function Executor:pending()
-  local waiting = 0
-  if self.by_host then
-    for _, st in pairs(self.hosts) do waiting = waiting + (st.wt - st.wh + 1) end
-  end
-  return self.ninflight + self.nfast + (self.tail - self.head + 1) + #self.heap + waiting
+  return self.ninflight + self.nfast + (self.tail - self.head + 1) + #self.heap + self.nwaiting
 end
 
 --- True when nothing is left to do, sources included.
