@@ -73,4 +73,26 @@ function M.next_delay(policy, attempts, started, retry_after)
   return delay
 end
 
+--- The wait in seconds before retry number `attempt` (1 = the first
+-- retry), or nil when the policy allows no more.
+-- policy = {retry_schedule = {5, 300, 1800}} (the waits themselves, no retry
+-- past the list's end), or {retries=, backoff_base=, backoff_max=}
+-- (exponential backoff with full jitter). A Retry-After (seconds) longer
+-- than the wait is honoured, up to policy.retry_after_max (default 3600).
+function M.delay(policy, attempt, retry_after)
+  local wait
+  local schedule = policy.retry_schedule
+  if schedule then
+    wait = schedule[attempt]
+    if wait == nil then return nil end
+  else
+    if attempt > (policy.retries or 0) then return nil end
+    wait = M.backoff(attempt, policy.backoff_base or 0.5, policy.backoff_max or 30)
+  end
+  if retry_after and retry_after > wait then
+    wait = math.max(wait, math.min(retry_after, policy.retry_after_max or 3600))
+  end
+  return wait
+end
+
 return M
