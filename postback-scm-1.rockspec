@@ -52,9 +52,13 @@ build = {
     ["postback.migrate"] = "lua/postback/migrate.lua",
     ["postback.mock"] = "mock/offerslook.lua",
     ["postback.pump"] = "lua/postback/pump.lua",
+    ["postback.queue"] = "lua/postback/queue.lua",
+    ["postback.queue_cli"] = "lua/postback/queue_cli.lua",
+    ["postback.queue_conn"] = "lua/postback/queue_conn.lua",
     ["postback.retry"] = "lua/postback/retry.lua",
     ["postback.transport.curl"] = "lua/postback/transport/curl.lua",
     ["postback.transport.ngx"] = "lua/postback/transport/ngx.lua",
+    ["postback.worker"] = "lua/postback/worker.lua",
   },
   install = {
     bin = { postback = "bin/postback" },

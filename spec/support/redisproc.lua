@@ -169,9 +169,12 @@ local function drop_sock(self)
   if self.sock then self.sock:close() self.sock = nil end
 end
 
+-- Waits until pid is gone (a zombie counts as gone: nobody may reap it here).
 local function wait_gone(pid)
-  os.execute(("for i in $(seq 1 100); do kill -0 %d 2>/dev/null || exit 0; sleep 0.05; done"):format(pid))
+  os.execute(("for i in $(seq 1 200); do kill -0 %d 2>/dev/null || exit 0; "
+    .. "ps -o stat= -p %d 2>/dev/null | grep -q Z && exit 0; sleep 0.02; done"):format(pid, pid))
 end
+M.wait_gone = wait_gone
 
 --- kill -9, as a crash would.
 function Redis:kill()
