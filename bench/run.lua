@@ -19,6 +19,7 @@ local benches = {
   { name = "fire", script = "bench/fire.lua" },
   { name = "migrate", script = "bench/migrate.lua" },
   { name = "each", script = "bench/each.lua" },
+  { name = "queue", script = "bench/queue.lua" },
 }
 
 local outputs = {}
@@ -45,6 +46,12 @@ local rows = {
   { "migrate: concurrency 16 vs 1 (5 ms API latency)", grab("migrate", "ratio: ([%d.]+x)"), ">= 5x" },
   { "each: heap growth over 100,000 rows", grab("each", "100,000 rows:%s+([%d.]+ MiB)"), "<= 16 MiB" },
   { "each: growth 100k rows / 10k rows", grab("each", "100k / 10k growth: ([%d.]+)"), "flat (1.0)" },
+  { "queue: q:push/s, Redis appendfsync always | everysec",
+    grab("queue", "appendfsync always%s+(%d+/s)") .. " | " .. grab("queue", "appendfsync everysec%s+(%d+/s)"), "-" },
+  { "queue: q:push (fsync everysec) / spool d:fire", grab("queue", "fsync everysec%) / d:fire with spool:%s+([%d.]+)"), "-" },
+  { "queue: delivery, 1 worker / spool dispatcher", grab("queue", "delivery, 1 worker / spool dispatcher:%s+([%d.]+)"), ">= 0.5" },
+  { "queue: end to end, 2 worker processes / spool dispatcher",
+    grab("queue", "end to end, 2 worker processes / spool dispatcher:%s+([%d.]+)"), "-" },
 }
 
 local lines = { "| measure | result | target |", "|---|---|---|" }

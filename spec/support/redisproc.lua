@@ -105,7 +105,7 @@ local function launch(self)
     "--protected-mode", "no",
   }
   if self.persist then
-    for _, a in ipairs { "--appendonly", "yes", "--appendfsync", "always" } do args[#args + 1] = a end
+    for _, a in ipairs { "--appendonly", "yes", "--appendfsync", self.fsync } do args[#args + 1] = a end
   else
     for _, a in ipairs { "--appendonly", "no" } do args[#args + 1] = a end
   end
@@ -130,8 +130,9 @@ local function launch(self)
   error("redis-server did not start:\n" .. self:log(), 3)
 end
 
---- opts: port (default a free one), persist (default true: appendonly,
--- appendfsync always).
+--- opts: port (default a free one), persist (default true: appendonly),
+-- fsync (default "always": every write on disk before Redis answers;
+-- "everysec" for throughput runs).
 function M.start(opts)
   opts = opts or {}
   local bin = assert(command_path("redis-server"), "redis-server is not installed")
@@ -139,7 +140,7 @@ function M.start(opts)
   os.remove(dir)
   assert(os.execute("mkdir -p " .. shell_quote(dir)))
   local self = setmetatable({ bin = bin, dir = dir, port = opts.port or M.free_port(),
-                              persist = opts.persist ~= false }, Redis)
+                              persist = opts.persist ~= false, fsync = opts.fsync or "always" }, Redis)
   self.url = ("redis://127.0.0.1:%d/0"):format(self.port)
   return launch(self)
 end
