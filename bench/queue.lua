@@ -13,7 +13,6 @@ package.path = "spec/support/?.lua;" .. package.path
 local postback = require "postback"
 local core = require "postback.core"
 local socket = require "socket"
-local nginxproc = require "nginxproc"
 local redisproc = require "redisproc"
 local workerproc = require "workerproc"
 

@@ -29,12 +29,6 @@ local function poll_until(w, cond, limit)
   return cond()
 end
 
-local function wait_for(cond, limit)
-  local deadline = socket.gettime() + (limit or 10) * (testenv.slow and 5 or 1)
-  while not cond() and socket.gettime() < deadline do socket.sleep(0.02) end
-  return cond()
-end
-
 describe("the queue", function()
   local r, mock, n = nil, nil, 0
   local stream

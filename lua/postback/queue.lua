@@ -39,7 +39,7 @@ function M.common(opts, fname)
     end
   end
   local rt = opts.redis_timeout
-  if rt ~= nil and (type(rt) ~= "number" or not (rt > 0)) then
+  if rt ~= nil and (type(rt) ~= "number" or rt ~= rt or rt <= 0) then
     argerror(1, fname, "option redis_timeout must be a positive number")
   end
   local target, err = qc.parse_url(opts.redis)
@@ -61,7 +61,7 @@ function M.new(opts)
   local c, err = M.common(opts, "queue")
   if not c then return nil, err end
   local t = opts.timeout
-  if t ~= nil and (type(t) ~= "number" or not (t > 0)) then
+  if t ~= nil and (type(t) ~= "number" or t ~= t or t <= 0) then
     argerror(1, "queue", "option timeout must be a positive number")
   end
   local conn, cerr = qc.new(c.target, { timeout = t or c.redis_timeout })

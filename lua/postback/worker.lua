@@ -113,7 +113,7 @@ function M.new(opts)
   local claim_idle = opts.claim_idle
   if claim_idle == nil then
     claim_idle = timeout + DEFAULTS.claim_margin
-  elseif type(claim_idle) ~= "number" or not (claim_idle >= timeout + MIN_MARGIN) then
+  elseif type(claim_idle) ~= "number" or claim_idle ~= claim_idle or claim_idle < timeout + MIN_MARGIN then
     argerror(("option claim_idle must be at least timeout + %d s (%g s): a shorter one reclaims entries "
       .. "still being delivered, and delivers them twice"):format(MIN_MARGIN, timeout + MIN_MARGIN))
   end

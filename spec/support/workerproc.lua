@@ -35,7 +35,8 @@ end
 
 --- true while pid runs (a zombie does not).
 function M.alive(pid)
-  local ok = os.execute(("kill -0 %d 2>/dev/null && ! ps -o stat= -p %d | grep -q Z"):format(pid, pid))
+  local ok = os.execute(("env -u LD_PRELOAD sh -c 'kill -0 %d 2>/dev/null && ! ps -o stat= -p %d | grep -q Z'")
+    :format(pid, pid))
   return ok == true or ok == 0
 end
 
