@@ -324,6 +324,42 @@ describe("the queue", function()
       r2:stop()
     end)
 
+    it("keeps the entries it holds from looking idle to other workers", function()
+      local q = assert(postback.queue { redis = r.url, stream = stream })
+      assert(q:push(url("k1") .. "&mock_fault=slow&mock_delay=4.5"))
+      -- claim_idle 10 s: entries held longer than 10/3 s are touched
+      local w = worker { timeout = 5, claim_idle = 10 }
+      assert.is_true(poll_until(w, function() return w:stats().in_flight == 1 end))
+      local t0 = socket.gettime()
+      while socket.gettime() - t0 < 4.2 do w:poll(0.05) end
+      assert.equal(1, w:stats().in_flight)
+      local p = r:cmd("XPENDING", stream, "postback", "-", "+", "10")
+      assert.equal(1, #p)
+      assert.equal(w.consumer, p[1][2])
+      assert.is_true(p[1][3] < 2500, "idle " .. p[1][3] .. " ms: never touched")
+      assert.equal(1, p[1][4]) -- touching does not count as a delivery
+      assert.is_true(poll_until(w, function() return w:stats().delivered == 1 end))
+      w:close()
+      q:close()
+    end)
+
+    it("forgets consumers long gone that hold nothing", function()
+      local qc = require "postback.queue_conn"
+      local q = assert(postback.queue { redis = r.url, stream = stream })
+      assert(q:push(url("p1")))
+      r:cmd("XGROUP", "CREATE", stream, "postback", "0")
+      r:cmd("XGROUP", "CREATECONSUMER", stream, "postback", "gone-1")
+      r:cmd("XGROUP", "CREATECONSUMER", stream, "postback", "me")
+      r:cmd("XREADGROUP", "GROUP", "postback", "gone-2", "COUNT", "1", "STREAMS", stream, ">") -- holds one
+      socket.sleep(0.05)
+      assert.equal(1, q.conn:eval_call(qc.PRUNE, { stream }, { "postback", "me", 20 }))
+      local names = {}
+      for _, c in ipairs(r:cmd("XINFO", "CONSUMERS", stream, "postback")) do names[#names + 1] = c[2] end
+      table.sort(names)
+      assert.same({ "gone-2", "me" }, names)
+      q:close()
+    end)
+
     it("serves its metrics as Prometheus text", function()
       local q = assert(postback.queue { redis = r.url, stream = stream })
       for i = 1, 5 do assert(q:push(url("m" .. i))) end

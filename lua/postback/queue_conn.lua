@@ -447,6 +447,25 @@ end
 return n
 ]=]
 
+--- Forgets consumers that have nothing pending and have not been seen for
+-- ARGV[3] ms (workers long gone: a new process has a new name). KEYS:
+-- stream; ARGV: group, the calling consumer, idle ms. Returns how many.
+M.PRUNE = [=[
+local S, g, me, idle = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local list = redis.pcall('XINFO', 'CONSUMERS', S, g)
+if type(list) ~= 'table' or list.err then return 0 end
+local n = 0
+for _, c in ipairs(list) do
+  local f = {}
+  for i = 1, #c - 1, 2 do f[c[i]] = c[i + 1] end
+  if f.name ~= me and tonumber(f.pending) == 0 and tonumber(f.idle) > idle then
+    redis.call('XGROUP', 'DELCONSUMER', S, g, f.name)
+    n = n + 1
+  end
+end
+return n
+]=]
+
 --- {ready, pending, delayed, dead, oldest_age_ms}. KEYS: stream, delayed,
 -- dead; ARGV: group. Acknowledged entries are deleted, so what the stream
 -- holds is ready or pending. oldest_age_ms is -1 for an empty stream.

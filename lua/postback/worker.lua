@@ -147,7 +147,7 @@ function M.new(opts)
     next_read_at = 0, next_claim_at = 0, next_move_at = 0, next_touch_at = 0, next_stats_at = 0,
     next_flush_at = 0, claim_cursor = "0-0", recovering = false,
     counts = { delivered = 0, failed = 0, retried = 0, dead = 0, reclaimed = 0 },
-    hist = {}, qstats = nil, attempts_done = 0,
+    hist = {}, qstats = nil, attempts_done = 0, asked = 0,
   }, Worker)
 
   local conn, cerr = qc.new(c.target, { timeout = c.redis_timeout,
@@ -399,7 +399,7 @@ end
 
 function Worker:read(now)
   if self.reading or self.draining or now < self.next_read_at then return end
-  local free = self.concurrency - self.nheld
+  local free = self.concurrency - self.nheld - self.asked
   if free <= 0 or #self.outq >= 4 * self.concurrency + FLUSH_MAX then return end
   local block
   local args = { "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", free }
@@ -419,8 +419,10 @@ function Worker:read(now)
   end
   local recovering = self.recovering
   self.reading = true
+  self.asked = self.asked + free
   self.conn:send(args, function(v, rerr, why)
     self.reading = false
+    self.asked = self.asked - free
     if why then return end
     local t = core.now()
     if rerr then
@@ -441,12 +443,14 @@ end
 function Worker:claim(now)
   if self.claiming or self.draining or now < self.next_claim_at then return end
   if now - (self.conn.ready_at or now) < self.claim_idle then return end
-  local free = self.concurrency - self.nheld
+  local free = self.concurrency - self.nheld - self.asked
   if free <= 0 then return end
   self.claiming = true
+  self.asked = self.asked + free
   self.conn:send({ "XAUTOCLAIM", self.stream, self.group, self.consumer, math.floor(self.claim_idle * 1000),
                    self.claim_cursor, "COUNT", free }, function(v, rerr, why)
     self.claiming = false
+    self.asked = self.asked - free
     local t = core.now()
     if why then return end
     if rerr then
@@ -462,7 +466,10 @@ function Worker:claim(now)
       end
     end
     if self.claim_cursor == "0-0" then
+      -- A whole pass done: also forget consumers long gone with nothing pending.
       self.next_claim_at = t + math.min(self.claim_idle / 2, 30)
+      self.conn:eval_send(qc.PRUNE, { self.stream }, { self.group, self.consumer,
+        math.floor(math.max(3600, self.claim_idle * 10) * 1000) })
     end
   end)
 end
@@ -715,6 +722,7 @@ end
 -- `timeout` seconds (default redis_timeout). Safe twice.
 function Worker:close(timeout)
   if self.closed then return end
+  self.draining = true -- read nothing new
   local deadline = core.now() + (timeout or self.conn.timeout)
   while #self.outq > 0 and core.now() < deadline and self.conn.state ~= "closed" do
     if self.conn.state == "down" and self.conn.failures > 0 and core.now() < self.conn.retry_at then break end
