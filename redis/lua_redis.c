@@ -216,7 +216,7 @@ static int l_append(lua_State *L)
     char num[64];
     if (top == 2 && lua_type(L, 2) == LUA_TTABLE) {
         size_t n = pr_rawlen(L, 2);
-        if (n < 1 || n > 1024 * 1024) return luaL_argerror(L, 2, "a command of 1 to 1048576 arguments expected");
+        if (n < 1 || n > 65536) return luaL_argerror(L, 2, "a command of 1 to 65536 arguments expected");
         argc = (int)n;
         luaL_checkstack(L, argc + 4, "too many command arguments");
         for (i = 1; i <= argc; i++) lua_rawgeti(L, 2, i);

@@ -162,7 +162,8 @@ function M.worker(argv)
         if up then say("connected") else say("disconnected: %s", tostring(w.conn.last_error)) end
         was_up = up
       end
-      local e = w.last_error
+      -- each new error once (a Redis that stays away repeats the same one)
+      local e = w.last_error or (not up and w.conn.last_error) or nil
       if e and e ~= last_err then say("%s", e) end
       last_err = e
     end
