@@ -64,7 +64,7 @@ describe("documentation", function()
     local w = assert(postback.worker { redis = "redis://127.0.0.1:1/0" })
     local internal = { connected = true, ensure_group = true, redis_error = true, known = true, outcome = true,
                        take = true, result = true, observe = true, finish = true, flush = true, read = true,
-                       claim = true, move = true, touch = true, refresh_stats = true, step = true,
+                       claim = true, claim_due = true, move = true, touch = true, refresh_stats = true, step = true,
                        listen = true, serve = true }
     for k, v in pairs(getmetatable(w).__index) do
       if type(v) == "function" and not k:find("^__") and not internal[k] then

@@ -74,7 +74,14 @@ describe("queue workers as processes", function()
         return unique >= 3000
       end, 120)
       local total, seen = workerproc.count_lines(log)
-      assert.is_true(done, ("only %d of 3000 delivered; worker log: %s"):format(unique, tail(tmp .. "/w2.log")))
+      if not done then
+        local cjson = require "cjson"
+        local diag = { xlen = r:cmd("XLEN", "pbq"), pending = r:cmd("XPENDING", "pbq", "postback"),
+                       consumers = r:cmd("XINFO", "CONSUMERS", "pbq", "postback"),
+                       delayed = r:cmd("ZCARD", "pbq:delayed"), dead = r:cmd("XLEN", "pbq:dead") }
+        error(("only %d of 3000 delivered; Redis: %s; worker logs: %s | %s"):format(unique, cjson.encode(diag),
+          tail(tmp .. "/w2.log"), tail(tmp .. "/w3.log")))
+      end
       for i = 1, 3000 do assert.truthy(seen[tostring(i)], "click " .. i .. " never arrived") end
       assert.is_true(total - 3000 <= 48, ("%d delivered twice"):format(total - 3000))
       -- and the queue is empty once the outcomes are written

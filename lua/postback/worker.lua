@@ -397,8 +397,17 @@ function Worker:flush(now)
     end)
 end
 
+-- Is a reclaim pass due? (Only after being connected for claim_idle.)
+function Worker:claim_due(now)
+  return not self.draining and now >= self.next_claim_at
+    and now - (self.conn.ready_at or now) >= self.claim_idle
+end
+
 function Worker:read(now)
   if self.reading or self.draining or now < self.next_read_at then return end
+  -- A reclaim goes first: an idle worker always has a read waiting in
+  -- Redis, which would otherwise keep its free slots from every claim.
+  if self.claiming or self:claim_due(now) then return end
   local free = self.concurrency - self.nheld - self.asked
   if free <= 0 or #self.outq >= 4 * self.concurrency + FLUSH_MAX then return end
   local block
@@ -441,8 +450,7 @@ function Worker:read(now)
 end
 
 function Worker:claim(now)
-  if self.claiming or self.draining or now < self.next_claim_at then return end
-  if now - (self.conn.ready_at or now) < self.claim_idle then return end
+  if self.claiming or not self:claim_due(now) then return end
   local free = self.concurrency - self.nheld - self.asked
   if free <= 0 then return end
   self.claiming = true
@@ -535,8 +543,8 @@ function Worker:step()
     local now = core.now()
     self:flush(now)
     if not self.grouping then
-      self:read(now)
       self:claim(now)
+      self:read(now)
       self:move(now)
       self:touch(now)
       self:refresh_stats(now)
