@@ -15,12 +15,18 @@ M.shell_quote = shell_quote
 
 --- Starts `<lua> bin/postback worker ARGS...` in the background; returns
 -- its pid. Its stdout and stderr go to `log` (default /dev/null).
+-- Another interpreter than the one under test gets none of its module
+-- paths: bin/postback finds the build for its own version.
 function M.spawn(args, log, lua)
   local quoted = {}
   for i, a in ipairs(args) do quoted[i] = shell_quote(a) end
-  local cmd = ("env LUA_PATH=%s LUA_CPATH=%s %s bin/postback worker %s >%s 2>&1 </dev/null & echo $!"):format(
-    shell_quote(package.path), shell_quote(package.cpath), lua or testenv.lua, table.concat(quoted, " "),
-    shell_quote(log or "/dev/null"))
+  lua = lua or testenv.lua
+  local paths = "-u LUA_PATH -u LUA_CPATH"
+  if lua == testenv.lua then
+    paths = ("LUA_PATH=%s LUA_CPATH=%s"):format(shell_quote(package.path), shell_quote(package.cpath))
+  end
+  local cmd = ("env %s %s bin/postback worker %s >%s 2>&1 </dev/null & echo $!"):format(
+    paths, lua, table.concat(quoted, " "), shell_quote(log or "/dev/null"))
   local p = assert(io.popen(cmd))
   local pid = tonumber(p:read("*l"))
   p:close()
