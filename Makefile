@@ -23,6 +23,9 @@ IDN_LIBS    ?= $(shell pkg-config --libs libidn2 2>/dev/null || echo -lidn2)
 # What every program built from core/ compiles and links with.
 CORE_CFLAGS = $(CURL_CFLAGS) $(IDN_CFLAGS)
 CORE_LIBS   = $(CURL_LIBS) $(IDN_LIBS)
+# hiredis, for postback.redis only (the queue): <hiredis/hiredis.h> under HIREDIS_INCDIR
+HIREDIS_INCDIR ?=
+HIREDIS_LIBS   ?= $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
 
 WARN     := -std=c99 -Wall -Wextra -Werror -pedantic -Wmissing-prototypes -Wshadow
 OPT      ?= -O2 -g
@@ -32,22 +35,24 @@ LDFLAGS_ALL = -shared $(CORE_LIBS) -lm $(EXTRA_LDFLAGS)
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_HDR := $(wildcard core/*.h)
+REDIS_SRC := $(wildcard redis/*.c)
+REDIS_HDR := $(wildcard redis/*.h)
 LUA_SRC  := $(shell find lua -name '*.lua')
 LUA_OUT  := $(patsubst lua/%,$(BUILD)/%,$(LUA_SRC))
 
 # Debian packages each job needs (installed by .ci/deps.sh when missing).
-PKG_BUILD := make gcc pkg-config libcurl4-openssl-dev libidn2-dev lua5.4 liblua5.4-dev lua-cjson
+PKG_BUILD := make gcc pkg-config libcurl4-openssl-dev libidn2-dev lua5.4 liblua5.4-dev lua-cjson libhiredis-dev
 PKG_DEMO  := $(PKG_BUILD) lua-socket
 PKG_TEST  := $(PKG_BUILD) lua-busted lua-socket lua-check luarocks clang valgrind libclang-rt-14-dev \
              nginx libnginx-mod-http-lua wrk curl lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev \
-             luajit2 libluajit2-5.1-dev
+             luajit2 libluajit2-5.1-dev redis-server
 
 export LUA_PATH  := $(BUILD)/?.lua;$(BUILD)/?/init.lua;spec/support/?.lua;;
 export LUA_CPATH := $(BUILD)/?.so;;
 
 .PHONY: all deps demo-deps test-deps test spec ctest asan-test valgrind-test demo bench fuzz clean
 
-all: $(BUILD)/postback/core.so $(LUA_OUT)
+all: $(BUILD)/postback/core.so $(BUILD)/postback/redis.so $(LUA_OUT)
 
 deps:
 	@sh .ci/deps.sh $(PKG_BUILD)
@@ -63,6 +68,13 @@ BINDING_SRC := $(wildcard binding/*.c)
 $(BUILD)/postback/core.so: lua_postback.c $(BINDING_SRC) $(CORE_SRC) $(CORE_HDR) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) lua_postback.c $(CORE_SRC) -o $@ $(LDFLAGS_ALL)
+
+# The queue's Redis connection: a module of its own, the only one linking hiredis.
+$(BUILD)/postback/redis.so: $(REDIS_SRC) $(REDIS_HDR) | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) $(OPT) -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L $(LUA_INC) \
+	  $(if $(HIREDIS_INCDIR),-I$(HIREDIS_INCDIR)) -I. $(EXTRA_CFLAGS) $(REDIS_SRC) -o $@ \
+	  -shared $(HIREDIS_LIBS) -lm $(EXTRA_LDFLAGS)
 
 $(BUILD)/%.lua: lua/%.lua
 	@mkdir -p $(dir $@)

@@ -22,6 +22,7 @@ local benches = {
   { name = "each", script = "bench/each.lua" },
   { name = "isolation", script = "bench/isolation.lua" },
   { name = "spool", script = "bench/spool_soak.lua 10000 100000" },
+  { name = "queue", script = "bench/queue.lua" },
 }
 
 local outputs = {}
@@ -57,6 +58,12 @@ local rows = {
   { "spool soak: peak spool 100k / 10k", grab("spool", "peak spool ([%d.]+),"), "flat (1.0)" },
   { "spool soak: peak RSS 100k / 10k", grab("spool", "peak RSS ([%d.]+),"), "flat (1.0)" },
   { "spool soak: reopen after a crash, 100k / 10k", grab("spool", "reopen time ([%d.]+),"), "flat (1.0)" },
+  { "queue: q:push/s, Redis appendfsync always | everysec",
+    grab("queue", "appendfsync always%s+(%d+/s)") .. " | " .. grab("queue", "appendfsync everysec%s+(%d+/s)"), "-" },
+  { "queue: q:push (fsync everysec) / spool d:fire", grab("queue", "fsync everysec%) / d:fire with spool:%s+([%d.]+)"), "-" },
+  { "queue: delivery, 1 worker / spool dispatcher", grab("queue", "delivery, 1 worker / spool dispatcher:%s+([%d.]+)"), ">= 0.5" },
+  { "queue: end to end, 2 worker processes / spool dispatcher",
+    grab("queue", "end to end, 2 worker processes / spool dispatcher:%s+([%d.]+)"), "-" },
 }
 
 local lines = { "| measure | result | target |", "|---|---|---|" }

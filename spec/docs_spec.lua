@@ -19,7 +19,7 @@ describe("documentation", function()
   it("covers every function and constant of the module", function()
     local names = {}
     for k in pairs(postback) do names[#names + 1] = k end
-    for _, k in ipairs { "client", "fire", "fire_many", "dispatcher", "migrate", "transforms" } do
+    for _, k in ipairs { "client", "fire", "fire_many", "dispatcher", "migrate", "transforms", "queue", "worker" } do
       names[#names + 1] = k -- loaded on first use
     end
     for _, k in ipairs(names) do
@@ -48,6 +48,34 @@ describe("documentation", function()
       end
     end
     d:close()
+  end)
+
+  it("covers every method of queues and workers, and the queue's commands", function()
+    if not pcall(require, "postback.redis") then
+      return pending("postback.redis (hiredis) is not built")
+    end
+    local q = assert(postback.queue { redis = "redis://127.0.0.1:1/0" })
+    for k, v in pairs(getmetatable(q).__index) do
+      if type(v) == "function" and not k:find("^__") then
+        assert.is_true(documented("q:" .. k), "README has no entry for q:" .. k)
+      end
+    end
+    q:close()
+    local w = assert(postback.worker { redis = "redis://127.0.0.1:1/0" })
+    local internal = { connected = true, ensure_group = true, redis_error = true, known = true, outcome = true,
+                       take = true, result = true, observe = true, finish = true, flush = true, read = true,
+                       claim = true, claim_due = true, move = true, touch = true, refresh_stats = true, step = true,
+                       listen = true, serve = true }
+    for k, v in pairs(getmetatable(w).__index) do
+      if type(v) == "function" and not k:find("^__") and not internal[k] then
+        assert.is_true(documented("w:" .. k), "README has no entry for w:" .. k)
+      end
+    end
+    w:close()
+    for _, cmd in ipairs { "postback worker", "postback dlq list", "postback dlq replay", "postback dlq purge",
+                           "--metrics", "svix-webhooks#2181", "svix-webhooks#1844", "lua-resty-redis" } do
+      assert.truthy(readme:find(cmd, 1, true), "README does not mention " .. cmd)
+    end
   end)
 
   it("covers every ready transform and every command of the command line", function()

@@ -104,6 +104,16 @@ function lazy.transforms()
   return require("postback.migrate").transforms
 end
 
+--- A shared, durable delivery queue on Redis Streams (see postback.queue).
+function lazy.queue()
+  return require("postback.queue").new
+end
+
+--- A worker that delivers a queue's entries (see postback.worker).
+function lazy.worker()
+  return require("postback.worker").new
+end
+
 --- A client of the Offerslook API (see postback.client).
 function lazy.client()
   return require("postback.client").new

@@ -62,25 +62,6 @@ function M.backoff(attempt, base, max)
   return math.random() * cap
 end
 
---- The wait before retry number `attempt` (1 = the first retry), or nil
--- when no retry is left: retry_schedule[attempt] when the policy has a
--- schedule (seconds, e.g. {5, 300, 1800}), else exponential backoff with
--- full jitter within `retries`. A Retry-After the receiver sent wins (never
--- below the computed wait's floor of 0). policy = {retries=, backoff_base=,
--- backoff_max=, retry_schedule=}
-function M.delay(policy, attempt, retry_after)
-  local d
-  if policy.retry_schedule then
-    d = policy.retry_schedule[attempt]
-    if d == nil then return nil end
-  else
-    if attempt > (policy.retries or 0) then return nil end
-    d = M.backoff(attempt, policy.backoff_base, policy.backoff_max)
-  end
-  if retry_after then d = retry_after end
-  return d
-end
-
 --- The delay before the next try, or nil when the budget is spent.
 -- policy = {retries=, backoff_base=, backoff_max=, max_retry_time=,
 -- retry_schedule=}; attempts = tries made so far; started = monotonic time
@@ -90,6 +71,28 @@ function M.next_delay(policy, attempts, started, retry_after)
   if not delay then return nil end
   if policy.max_retry_time and core.now() + delay - started > policy.max_retry_time then return nil end
   return delay
+end
+
+--- The wait in seconds before retry number `attempt` (1 = the first
+-- retry), or nil when the policy allows no more.
+-- policy = {retry_schedule = {5, 300, 1800}} (the waits themselves, no retry
+-- past the list's end), or {retries=, backoff_base=, backoff_max=}
+-- (exponential backoff with full jitter). A Retry-After (seconds) longer
+-- than the wait is honoured, up to policy.retry_after_max (default 3600).
+function M.delay(policy, attempt, retry_after)
+  local wait
+  local schedule = policy.retry_schedule
+  if schedule then
+    wait = schedule[attempt]
+    if wait == nil then return nil end
+  else
+    if attempt > (policy.retries or 0) then return nil end
+    wait = M.backoff(attempt, policy.backoff_base or 0.5, policy.backoff_max or 30)
+  end
+  if retry_after and retry_after > wait then
+    wait = math.max(wait, math.min(retry_after, policy.retry_after_max or 3600))
+  end
+  return wait
 end
 
 return M

@@ -85,7 +85,7 @@ for s in $suites; do
         else echo "ok 1 - # SKIP luacheck is not installed"; fi
         if clang -std=c99 -Wall -Wextra -Werror -pedantic -Wmissing-prototypes -Wshadow \
              -D_POSIX_C_SOURCE=200809L $(pkg-config --cflags lua5.4 libcurl libidn2) -I. -fsyntax-only \
-             lua_postback.c core/*.c examples/game_server/main.c >build/logs/clang.log 2>&1; then
+             lua_postback.c core/*.c redis/*.c examples/game_server/main.c >build/logs/clang.log 2>&1; then
           echo "ok 2 - clang -Wall -Wextra -Werror: clean"
         else echo "not ok 2 - clang warnings"; sed "s/^/# /" build/logs/clang.log | head -30; fi' ;;
     fuzz)
