@@ -220,6 +220,13 @@ out.redirect_log = { select(before + 1, (table.unpack or unpack)(recv:lines())) 
 out.redirect_ok = one(postback.fire(url(from, "/to?u=" .. enc(url(to, "/landing-ok"))), nil,
   opts { follow = 1, allow_networks = { from_net, to_net } }))
 
+-- Proxies: with proxy = URL only an IP-literal host can be checked (the
+-- proxy resolves names); proxy = "env" with no proxy in the environment
+-- connects directly, so the policy holds as without one.
+out.proxy_literal = one(postback.fire(url("127.0.0.1", "/proxy-literal"), nil,
+  opts { proxy = ("http://127.0.0.1:%d"):format(port) }))
+out.proxy_env = one(postback.fire(url("127.0.0.1", "/proxy-env"), nil, opts { proxy = "env" }))
+
 if dns then
   out.dns_allowed = one(postback.fire(url("private.test", "/dns-allowed"), nil,
     opts { allow_networks = { "10.0.0.1/32" } }))
@@ -240,11 +247,13 @@ describe("destination policy (real receivers)", function()
     for _, c in ipairs(CASES) do
       if NETNS or not c[3] then case_lines[#case_lines + 1] = c[1] end
     end
-    local wrap
+    -- no proxy in the environment: proxy = "env" then means none
+    local noproxy = "env -u http_proxy -u HTTP_PROXY -u https_proxy -u HTTPS_PROXY -u all_proxy -u ALL_PROXY "
+    local wrap = function(cmd) return noproxy .. cmd end
     if NETNS then
       local pre = (HOSTS_FILE and ("mount --bind " .. HOSTS_FILE .. " /etc/hosts && ") or "") .. NS_SETUP
       wrap = function(cmd)
-        return ("unshare %s sh -c %s"):format(HOSTS_FILE and "-m -n" or "-n", quote(pre .. " && " .. cmd))
+        return ("%sunshare %s sh -c %s"):format(noproxy, HOSTS_FILE and "-m -n" or "-n", quote(pre .. " && " .. cmd))
       end
     end
     r = child.run(SCENARIO, { args = { NETNS and "1" or "0", HOSTS_FILE and "1" or "0", testenv.lua,
@@ -438,6 +447,21 @@ describe("destination policy (real receivers)", function()
     assert.equal(1, got("/cli/allow-private"))
     assert.equal(0, out.cli_network.rc, out.cli_network.out)
     assert.equal(1, got("/cli/allow-network"))
+  end)
+
+  it("with proxy = URL, refuses an IP-literal private host before asking the proxy", function()
+    local out = ran()
+    assert.is_false(out.proxy_literal.ok, "fired through the proxy")
+    is_blocked(out.proxy_literal.err, "127.0.0.1", "proxy = URL")
+    assert.equal(0, got("/proxy-literal"))
+    assert.equal(0, got(("http://127.0.0.1:%d/proxy-literal"):format(out.port)))
+  end)
+
+  it('with proxy = "env" and no proxy in the environment, refuses as without a proxy', function()
+    local out = ran()
+    assert.is_false(out.proxy_env.ok, "proxy = \"env\" without a proxy fired at 127.0.0.1")
+    is_blocked(out.proxy_env.err, "127.0.0.1", "proxy = env")
+    assert.equal(0, got("/proxy-env"))
   end)
 
   it("every connection the receiver accepted carried a request that was allowed", function()

@@ -62,7 +62,7 @@ function M.main(argv)
     local method, target = line:match("^(%S+) (%S+)")
     note(("req %s %s %s"):format(here, tostring(method), tostring(target)))
     repeat local h = c:receive("*l") until not h or h == ""
-    local to = target and target:match("^/to%?u=(.*)$")
+    local to = target and target:match("/to%?u=(.*)$") -- origin or absolute (proxy) form
     if to then
       c:send("HTTP/1.1 302 Found\r\nLocation: " .. decode(to) .. "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
     else
