@@ -34,7 +34,7 @@ end
 local function run(via, with_silent)
   local first = with_silent and SILENT or 0
   local times, t0 = {}, nil
-  local opts = { concurrency = SILENT + HEALTHY, timeout = TIMEOUT, retries = 0,
+  local opts = { allow_private = true, concurrency = SILENT + HEALTHY, timeout = TIMEOUT, retries = 0,
     on_result = function(r, i)
       local k = (i or r.id) - first
       if k >= 1 and r.ok then times[k] = core.now() - t0 end

@@ -44,7 +44,7 @@ end
 local function run_one(n, url, dir)
   local postback = require "postback"
   local path = dir .. "/soak.spool"
-  local d = assert(postback.dispatcher { spool = path, concurrency = 64 })
+  local d = assert(postback.dispatcher { allow_private = true, spool = path, concurrency = 64 })
   local code = url .. "/pb?click_id={click_id}&payout=1.25&aff_sub1=spring%20sale"
   local fired, polls, peak_file, snap = 0, 0, 0, false
   local t0 = core.now()

@@ -6,7 +6,11 @@
 --
 --   OFFERSLOOK_NETWORK=demo OFFERSLOOK_API_KEY=demo-key \
 --   OFFERSLOOK_BASE_URL=http://127.0.0.1:PORT POSTBACK_RECEIVER=http://127.0.0.1:PORT \
---   lua5.4 examples/quickstart.lua
+--   POSTBACK_ALLOW_PRIVATE=1 lua5.4 examples/quickstart.lua
+--
+-- Fires to loopback and private addresses are refused unless allowed:
+-- POSTBACK_ALLOW_PRIVATE=1 (what `make demo` sets, for the mock's receiver
+-- on 127.0.0.1) passes allow_private = true to fire.
 -- Run from a checkout, the build beside examples/ (build/<abi>, from `make`)
 -- comes first; an installed postback is found as usual.
 do
@@ -19,6 +23,7 @@ local postback = require "postback"
 
 local network = os.getenv("OFFERSLOOK_NETWORK") or "demo"
 local receiver = os.getenv("POSTBACK_RECEIVER") or os.getenv("OFFERSLOOK_BASE_URL")
+local allow_private = os.getenv("POSTBACK_ALLOW_PRIVATE") == "1"
 local c = assert(postback.client {
   network = network,
   api_key = assert(os.getenv("OFFERSLOOK_API_KEY"), "set OFFERSLOOK_API_KEY"),
@@ -95,7 +100,8 @@ print("\n5. render and fire a postback for a conversion")
 local conversion = { click_id = "c-1f3a9", payout = 2.5, aff_sub1 = "spring sale" }
 local url = assert(postback.render(second.code, conversion))
 print("   rendered: " .. url)
-local result = assert(postback.fire(second.code, conversion))
+-- the mock's receiver is on loopback: a destination fire refuses unless allowed
+local result = assert(postback.fire(second.code, conversion, { allow_private = allow_private }))
 print(("   fired: HTTP %d after %d attempt(s) in %.1f ms"):format(result.status, result.attempts, result.time * 1000))
 
 print(("\nsummary: %d created, %d refused by the conversion_protocol rule before sending, 1 fired"):format(

@@ -78,6 +78,27 @@ describe("documentation", function()
     end
   end)
 
+  it("covers every firing and dispatcher option, and every request option of transports", function()
+    local core = require "postback.core"
+    for _, k in ipairs(core.REQUEST_OPTIONS) do
+      assert.truthy(readme:find("`" .. k .. "`", 1, true), "README has no entry for the request option " .. k)
+    end
+    for _, mod in ipairs { "postback.fire", "postback.dispatcher" } do
+      for k in pairs(require(mod).OPTIONS) do
+        assert.is_true(documented(k), "README has no entry for the option " .. k .. " (" .. mod .. ")")
+      end
+    end
+  end)
+
+  it("describes the destination policy: what is refused, the options, the error, the flags", function()
+    local section = assert(readme:match("\n#### Destination policy\n(.-)\n##"), "no Destination policy section")
+    for _, word in ipairs { "169.254.0.0/16", "100.64.0.0/10", "fc00::/7", "::ffff:0:0/96", "redirect",
+                            "allow_private", "allow_networks", "allow_userinfo", "proxy", "blocked_address",
+                            "--allow-private", "--allow-network" } do
+      assert.truthy(section:find(word, 1, true), "the Destination policy section does not mention " .. word)
+    end
+  end)
+
   it("covers every ready transform and every command of the command line", function()
     for k in pairs(postback.transforms) do
       assert.is_true(documented(k), "README has no entry for transforms." .. k)

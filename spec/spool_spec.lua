@@ -455,6 +455,7 @@ describe("postback.spool", function()
   end)
 end)
 
+-- The receivers are on loopback: each dispatcher allows private destinations.
 describe("the dispatcher's spool", function()
   local mock, code, dir, path
 
@@ -483,7 +484,7 @@ describe("the dispatcher's spool", function()
   end
 
   it("moves a damaged record to .corrupt, reports it, and delivers the other four", function()
-    local d = assert(postback.dispatcher { spool = path })
+    local d = assert(postback.dispatcher { allow_private = true, spool = path })
     for i = 1, 5 do assert(d:fire(code, { click_id = "c" .. i })) end
     d:close() -- nothing sent: five owed
     local text = read(path)
@@ -491,7 +492,7 @@ describe("the dispatcher's spool", function()
     for _ = 1, 2 do s = text:find("\n", s, true) + 1 end -- line 3
     write(path, text:sub(1, s + 20) .. "#" .. text:sub(s + 22))
     local reports, on_error = collector()
-    d = assert(postback.dispatcher { spool = path, on_error = on_error })
+    d = assert(postback.dispatcher { allow_private = true, spool = path, on_error = on_error })
     assert.equal(4, d.recovered)
     assert.equal(1, #reports)
     assert.equal(3, reports[1].id)
@@ -515,7 +516,7 @@ describe("the dispatcher's spool", function()
     sp:add { url = mock.url .. "/postback?click_id=ok" }
     sp:close()
     local reports, on_error = collector()
-    local d = assert(postback.dispatcher { spool = path, on_error = on_error })
+    local d = assert(postback.dispatcher { allow_private = true, spool = path, on_error = on_error })
     assert.equal(1, d.recovered)
     assert.equal(1, #reports)
     assert.equal("discarded", reports[1].code)
@@ -541,7 +542,7 @@ describe("the dispatcher's spool", function()
     end)
     local sp_path = mnt .. "/d.spool"
     local reports, on_error = collector()
-    d = assert(postback.dispatcher { spool = sp_path, on_error = on_error })
+    d = assert(postback.dispatcher { allow_private = true, spool = sp_path, on_error = on_error })
     assert(d:fire(code, { click_id = "before" }))
     local filler = assert(io.open(mnt .. "/filler", "wb"))
     local kib = string.rep("\0", 1024)
@@ -562,7 +563,7 @@ describe("the dispatcher's spool", function()
     os.remove(mnt .. "/filler")
     assert(d:fire(code, { click_id = "after" }))
     d:close() -- nothing sent: both owed
-    d = assert(postback.dispatcher { spool = sp_path, on_error = on_error })
+    d = assert(postback.dispatcher { allow_private = true, spool = sp_path, on_error = on_error })
     assert.equal(2, d.recovered)
     assert.is_true(d:wait(10))
     d:close()
@@ -574,7 +575,7 @@ describe("the dispatcher's spool", function()
     local n = testenv.slow and 1600 or 4000 -- a compaction happens after 1,000 delivered
     local p, pid, script = spawn(([[
       local postback = require "postback"
-      local d = assert(postback.dispatcher { spool = %q, concurrency = 16, timeout = 10 })
+      local d = assert(postback.dispatcher { allow_private = true, spool = %q, concurrency = 16, timeout = 10 })
       for i = 1, %d do
         while d:pending() >= 200 do d:poll(0.005) end
         assert(d:fire(%q, { click_id = "k" .. i }))
@@ -599,7 +600,7 @@ describe("the dispatcher's spool", function()
     os.remove(script)
     assert.is_true(compactions >= 1, "no compaction before the kill")
     local reports, on_error = collector()
-    local d = assert(postback.dispatcher { spool = path, concurrency = 32, on_error = on_error })
+    local d = assert(postback.dispatcher { allow_private = true, spool = path, concurrency = 32, on_error = on_error })
     assert.is_true(d.recovered > 0)
     assert.is_true(d:wait(60))
     d:close()
@@ -614,7 +615,7 @@ describe("the dispatcher's spool", function()
     local ngx = nginxproc.start { locations = "location / { return 204; }" }
     finally(function() ngx:stop() end)
     local url = ngx.url .. "/pb?click_id={click_id}&payout=1.5&sub=spring%20sale"
-    local d = assert(postback.dispatcher { spool = path, concurrency = 64 })
+    local d = assert(postback.dispatcher { allow_private = true, spool = path, concurrency = 64 })
     local fired, peak_owed, peak_file = 0, 0, 0
     local f = assert(io.open(path, "rb"))
     while fired < n or d:pending() > 0 do

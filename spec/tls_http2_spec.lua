@@ -60,12 +60,12 @@ describe("TLS and HTTP/2", function()
 
   it("refuses a certificate it cannot verify, accepts it with ca_file or insecure", function()
     local base = tls_base()
-    local r, err = postback.fire(base .. "/pb?c={click_id}", { click_id = "v" }, { retries = 0 })
+    local r, err = postback.fire(base .. "/pb?c={click_id}", { click_id = "v" }, { allow_private = true, retries = 0 })
     assert.is_nil(r)
     assert.equal("transport", err.kind)
     assert.equal("tls", err.reason)
-    assert(postback.fire(base .. "/pb?c={click_id}", { click_id = "ca" }, { ca_file = cert, ok_status = 204 }))
-    assert(postback.fire(base .. "/pb?c={click_id}", { click_id = "insecure" }, { insecure = true, ok_status = 204 }))
+    assert(postback.fire(base .. "/pb?c={click_id}", { click_id = "ca" }, { allow_private = true, ca_file = cert, ok_status = 204 }))
+    assert(postback.fire(base .. "/pb?c={click_id}", { click_id = "insecure" }, { allow_private = true, insecure = true, ok_status = 204 }))
   end)
 
   it("multiplexes fire_many over HTTP/2", function()
@@ -73,7 +73,7 @@ describe("TLS and HTTP/2", function()
     local n = testenv.slow and 50 or 400
     local items = {}
     for i = 1, n do items[i] = { url = base .. "/h2?c={click_id}", values = { click_id = i } } end
-    local results = postback.fire_many(items, { concurrency = 32, ca_file = cert, ok_status = 204 })
+    local results = postback.fire_many(items, { allow_private = true, concurrency = 32, ca_file = cert, ok_status = 204 })
     local ok = 0
     for _, r in ipairs(results) do if r.ok then ok = ok + 1 end end
     assert.equal(n, ok)

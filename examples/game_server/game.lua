@@ -10,6 +10,9 @@ local fired, delivered, failed = 0, 0, 0
 local total = tonumber(os.getenv("GAME_CONVERSIONS") or "300")
 
 local dispatcher = postback.dispatcher {
+  -- a receiver on loopback or a private network (a test receiver, the
+  -- mock) is refused unless POSTBACK_ALLOW_PRIVATE=1
+  allow_private = os.getenv("POSTBACK_ALLOW_PRIVATE") == "1",
   concurrency = 16,
   retries = 3,
   backoff_base = 0.05,

@@ -9,6 +9,9 @@
  *
  *   game_server SCRIPT [RECEIVER_URL] [FRAMES]
  *
+ * (with POSTBACK_ALLOW_PRIVATE=1 in the environment when the receiver is on
+ * loopback or a private network: game.lua refuses those otherwise)
+ *
  * Prints one line per second of play and a summary:
  *   frames=N max_tick_us=N max_poll_us=N p99_poll_us=N over_1ms=N max_cpu_us=N
  * (wall-clock microseconds of the library's calls in a frame, and the most

@@ -14,6 +14,7 @@
 -- stream), S:mover (the short lock of whoever moves due retries).
 local core = require "postback.core"
 local errors = require "postback.errors"
+local util = require "postback.util"
 local json = require "postback.json"
 local qc = require "postback.queue_conn"
 
@@ -23,7 +24,7 @@ Queue.__index = Queue
 Queue.__name = "postback.queue"
 
 local function argerror(n, fname, msg)
-  errors.argerror(n, fname, msg, 4)
+  util.argerror(n, fname, msg, 4)
 end
 
 --- Reads the options the queue and the workers share: the parsed Redis

@@ -26,6 +26,7 @@
 -- * Every attempt goes to a capped delivery log (S:log, XADD MAXLEN ~).
 local core = require "postback.core"
 local errors = require "postback.errors"
+local util = require "postback.util"
 local json = require "postback.json"
 local qc = require "postback.queue_conn"
 local queue = require "postback.queue"
@@ -57,7 +58,7 @@ local MIN_MARGIN = 5
 local BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 }
 
 local function argerror(msg)
-  errors.argerror(1, "worker", msg, 4)
+  util.argerror(1, "worker", msg, 4)
 end
 
 local function positive(opts, k, allow_zero)

@@ -7,7 +7,8 @@
 -- after the work is done, or some other way, is not pinned here: only
 -- that nothing is lost. The receivers are the hostile server's /ok (204)
 -- and /flaky/1/... (503 the first time, then 204); c:batch runs against the
--- mock. Each scenario runs in a child process under a hard limit.
+-- mock. Each scenario runs in a child process under a hard limit; the
+-- receivers are on loopback, so the firing calls allow private destinations.
 local child = require "child"
 local hostile = require "hostile"
 local mockproc = require "mockproc"
@@ -53,7 +54,7 @@ describe("reliability: a callback that raises loses nothing", function()
   it("dispatcher: on_attempt raising on every try keeps each postback's retry", function()
     local v = run [[
       local results = {}
-      local d = postback.dispatcher { retries = 2, backoff_base = 0.01, backoff_max = 0.02, timeout = 5,
+      local d = postback.dispatcher { allow_private = true, retries = 2, backoff_base = 0.01, backoff_max = 0.02, timeout = 5,
         on_attempt = function(info) error("on_attempt fails for " .. tostring(info.id)) end,
         on_result = function(r) results[#results + 1] = r.ok end }
       for i = 1, 4 do assert(d:fire(base .. "/flaky/1/attempt-" .. i)) end
@@ -77,7 +78,7 @@ describe("reliability: a callback that raises loses nothing", function()
     local v = run([[
       local spool = select(2, ...)
       local calls = 0
-      local d = assert(postback.dispatcher { retries = 2, backoff_base = 0.01, backoff_max = 0.02, timeout = 5,
+      local d = assert(postback.dispatcher { allow_private = true, retries = 2, backoff_base = 0.01, backoff_max = 0.02, timeout = 5,
         spool = spool, concurrency = 2,
         on_result = function(r)
           calls = calls + 1
@@ -88,7 +89,7 @@ describe("reliability: a callback that raises loses nothing", function()
       local raised = drain(d)
       local left = d:pending()
       d:close()
-      local d2 = assert(postback.dispatcher { spool = spool, timeout = 5 })
+      local d2 = assert(postback.dispatcher { allow_private = true, spool = spool, timeout = 5 })
       local owed = d2:pending()
       d2:close()
       return { calls = calls, left = left, owed = owed, raised = raised }
@@ -107,7 +108,7 @@ describe("reliability: a callback that raises loses nothing", function()
       local items = {}
       for i = 1, 10 do items[i] = base .. "/ok/many-" .. i end
       for i = 1, 2 do items[#items + 1] = base .. "/flaky/1/many-" .. i end
-      local ok, err = pcall(postback.fire_many, items, { concurrency = 2, retries = 2, backoff_base = 0.01,
+      local ok, err = pcall(postback.fire_many, items, { allow_private = true, concurrency = 2, retries = 2, backoff_base = 0.01,
         backoff_max = 0.02, timeout = 5,
         on_result = function(r, i)
           calls = calls + 1

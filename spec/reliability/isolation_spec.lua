@@ -13,7 +13,8 @@
 -- dispatcher still delivers small postbacks afterwards.
 --
 -- Every scenario runs in a child process under a hard limit, so a wedged
--- engine fails its test instead of hanging the suite.
+-- engine fails its test instead of hanging the suite. Every receiver is on
+-- loopback, so every firing call allows private destinations.
 local child = require "child"
 local hostile = require "hostile"
 local mockproc = require "mockproc"
@@ -54,7 +55,7 @@ local function items(with_silent)
   for i = 1, 16 do list[#list + 1] = ("%s/healthy/%d"):format(healthy_url, i) end
   return list
 end
-local opts = { concurrency = 64, timeout = 3, retries = 0 }
+local opts = { allow_private = true, concurrency = 64, timeout = 3, retries = 0 }
 local function measure(with_silent)
   local first = with_silent and 48 or 0
   local times, oks, t0 = {}, {}, nil
@@ -134,7 +135,7 @@ describe("reliability: isolation and bounded inputs", function()
         base .. "/ok/small/1",
         { url = base .. "/ok/small/2?c={click_id}", values = { click_id = "c2" } },
         base .. "/ok/small/3",
-      }, { concurrency = 4, timeout = 2, retries = 0 })
+      }, { allow_private = true, concurrency = 4, timeout = 2, retries = 0 })
       local out = { elapsed = core.now() - t0, results = {} }
       for i, r in ipairs(rs) do out.results[i] = { ok = r.ok, error = r.error } end
       return out
@@ -157,9 +158,9 @@ describe("reliability: isolation and bounded inputs", function()
       local port = ...
       local base = "http://127.0.0.1:" .. port
       local t0 = core.now()
-      local r, err = postback.fire(base .. "/ok/big?x=" .. ("a"):rep(2 * MB), nil, { timeout = 2 })
+      local r, err = postback.fire(base .. "/ok/big?x=" .. ("a"):rep(2 * MB), nil, { allow_private = true, timeout = 2 })
       local elapsed = core.now() - t0
-      local r2, err2 = postback.fire(base .. "/ok/after", nil, { timeout = 2, retries = 0 })
+      local r2, err2 = postback.fire(base .. "/ok/after", nil, { allow_private = true, timeout = 2, retries = 0 })
       return { elapsed = elapsed, fired = r ~= nil, err = err, after = r2 ~= nil, err2 = err2 }
     ]], { silent.port })
     assert.is_true(v.elapsed < 5, ("fire took %.1f s"):format(v.elapsed))
@@ -202,9 +203,9 @@ describe("reliability: isolation and bounded inputs", function()
   it("fire refuses a 1 MB header and headers over 64 KiB in all, and still works after", function()
     local v = run(HEADERS .. [[
       local base = "http://127.0.0.1:" .. select(1, ...)
-      local r, err = postback.fire(base .. "/ok/fire-big-header", nil, { headers = big, timeout = 2, retries = 0 })
-      local r2, err2 = postback.fire(base .. "/ok/fire-many-headers", nil, { headers = many, timeout = 2, retries = 0 })
-      local r3, err3 = postback.fire(base .. "/ok/fire-after", nil, { timeout = 2, retries = 0 })
+      local r, err = postback.fire(base .. "/ok/fire-big-header", nil, { allow_private = true, headers = big, timeout = 2, retries = 0 })
+      local r2, err2 = postback.fire(base .. "/ok/fire-many-headers", nil, { allow_private = true, headers = many, timeout = 2, retries = 0 })
+      local r3, err3 = postback.fire(base .. "/ok/fire-after", nil, { allow_private = true, timeout = 2, retries = 0 })
       return { big = r ~= nil, err = err, many = r2 ~= nil, err2 = err2, after = r3 ~= nil, err3 = err3 }
     ]], { silent.port })
     assert.is_false(v.big, "fire sent a 1 MB header")
@@ -223,7 +224,7 @@ describe("reliability: isolation and bounded inputs", function()
       local rs = postback.fire_many({
         { url = base .. "/ok/many-big-header", headers = big },
         base .. "/ok/many-small/1", base .. "/ok/many-small/2", base .. "/ok/many-small/3",
-      }, { concurrency = 4, timeout = 2, retries = 0 })
+      }, { allow_private = true, concurrency = 4, timeout = 2, retries = 0 })
       local out = {}
       for i, x in ipairs(rs) do out[i] = { ok = x.ok, error = x.error } end
       return out
@@ -238,7 +239,7 @@ describe("reliability: isolation and bounded inputs", function()
   it("d:fire refuses a 1 MB header and the dispatcher delivers the small ones", function()
     local v = run(HEADERS .. [[
       local base = "http://127.0.0.1:" .. select(1, ...)
-      local d = postback.dispatcher { timeout = 2, retries = 0 }
+      local d = postback.dispatcher { allow_private = true, timeout = 2, retries = 0 }
       local id, err = d:fire(base .. "/ok/d-big-header", nil, { headers = big })
       local id2, err2 = d:fire(base .. "/ok/d-many-headers", nil, { headers = many })
       for i = 1, 3 do assert(d:fire(base .. "/ok/d-small/" .. i)) end
@@ -271,7 +272,7 @@ describe("reliability: isolation and bounded inputs", function()
     local v = run([[
       local port = ...
       local base = "http://127.0.0.1:" .. port
-      local d = postback.dispatcher { timeout = 2, retries = 0 }
+      local d = postback.dispatcher { allow_private = true, timeout = 2, retries = 0 }
       local id, err = d:fire(base .. "/ok/d-big?x=" .. ("a"):rep(2 * MB))
       local id2, err2 = d:fire(base .. "/ok/d-big-rendered?x={aff_sub}", { aff_sub = ("b"):rep(2 * MB) })
       for i = 1, 3 do assert(d:fire(base .. "/ok/d-after/" .. i)) end
@@ -297,13 +298,13 @@ describe("reliability: isolation and bounded inputs", function()
     local v = run([[
       local port, spool = ...
       local base = "http://127.0.0.1:" .. port
-      local d = assert(postback.dispatcher { timeout = 2, retries = 0, spool = spool })
+      local d = assert(postback.dispatcher { allow_private = true, timeout = 2, retries = 0, spool = spool })
       local id, err = d:fire(base .. "/ok/huge?x=" .. ("a"):rep(9 * MB))
       d:close()
       local f = io.open(spool, "rb")
       local size = f and f:seek("end") or 0
       if f then f:close() end
-      local d2 = assert(postback.dispatcher { timeout = 2, retries = 0, spool = spool })
+      local d2 = assert(postback.dispatcher { allow_private = true, timeout = 2, retries = 0, spool = spool })
       local polled, perr = pcall(d2.poll, d2, 0.1)
       assert(d2:fire(base .. "/ok/spool-after"))
       local waited = d2:wait(5) == true

@@ -5,7 +5,7 @@
 --   local r = child.run([[
 --     local url = ...
 --     local postback = require "postback"
---     return { result = postback.fire(url) }
+--     return { result = postback.fire(url, nil, { allow_private = true }) }
 --   ]], { args = { url }, limit = 10 })
 --   r.value      what the chunk returned, through JSON (error tables become
 --                plain tables with kind, message, ..., and text = tostring(err))
@@ -95,9 +95,10 @@ local function prepare(code, opts)
   local args = {}
   for i, a in ipairs(opts.args or {}) do args[i] = shell_quote(a) end
   local env = ("LUA_PATH=%s LUA_CPATH=%s"):format(shell_quote(package.path), shell_quote(package.cpath))
-  local cmd = ("%s timeout -k 2 %d %s %s %s %s >%s.out 2>%s.err; echo $? >%s.rc"):format(
-    env, math.ceil(opts.limit or 10), testenv.lua, shell_quote(d .. "/wrapper.lua"), shell_quote(base .. ".lua"),
-    table.concat(args, " "), base, base, base)
+  local run = ("timeout -k 2 %d %s %s %s %s"):format(math.ceil(opts.limit or 10), testenv.lua,
+    shell_quote(d .. "/wrapper.lua"), shell_quote(base .. ".lua"), table.concat(args, " "))
+  if opts.wrap then run = opts.wrap(run) end
+  local cmd = ("%s %s >%s.out 2>%s.err; echo $? >%s.rc"):format(env, run, base, base, base)
   return cmd, base
 end
 
@@ -118,7 +119,9 @@ local function collect(base, seconds)
 end
 
 --- Runs one chunk in a child process; see the top of the file.
--- opts: args (strings), limit (seconds, default 10).
+-- opts: args (strings), limit (seconds, default 10), wrap (a function
+-- given the shell command that runs the child, returning the command to run
+-- instead: `function(cmd) return "unshare -n sh -c " .. child.quote(cmd) end`).
 function M.run(code, opts)
   return M.run_all({ { code, opts } }, 1)[1]
 end
@@ -145,6 +148,9 @@ function M.run_all(cases, parallel)
   tmpdir = nil
   return results
 end
+
+--- A string quoted for the shell.
+M.quote = shell_quote
 
 --- A one-line account of a child's outcome, for assertion messages.
 function M.describe(r)
