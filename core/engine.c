@@ -582,6 +582,9 @@ static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_soc
         if (!x->blocked++) memcpy(x->blocked_why, why, sizeof why);
         return CURL_SOCKET_BAD; /* libcurl tries the next address, else fails to connect */
     }
+    /* a connection is allowed: earlier refusals (another address, an
+     * earlier hop) are not why this transfer may fail */
+    x->blocked = 0;
     x->opened++;
     return socket(a->family, a->socktype, a->protocol);
 }
@@ -612,7 +615,8 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
         struct curl_slist *sl = curl_slist_append(x->hdrs, "Expect:");
         if (sl) x->hdrs = sl; else ok = 0;
     }
-    if (ok && r->proxy && (rc = check_proxied_host(e, r->url, url_len, why, whylen)) != PB_OK) {
+    if (ok && (r->proxy || r->proxy_from_env) &&
+        (rc = check_proxied_host(e, r->url, url_len, why, whylen)) != PB_OK) {
         recycle(e, x);
         return rc;
     }
@@ -687,7 +691,9 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
                 pb_url_plain(url, len);
     if (!plain && (rc = check_url(url, len, e->profile.max_url, e->url_flags, why, whylen)) != PB_OK)
         return rc;
-    if (e->profile.proxy && (rc = check_proxied_host(e, url, len, why, whylen)) != PB_OK) return rc;
+    if ((e->profile.proxy || e->profile.proxy_from_env) &&
+        (rc = check_proxied_host(e, url, len, why, whylen)) != PB_OK)
+        return rc;
     pb_buf_init(&conv, NULL);
     if (!plain) {
         /* what libcurl sends unchanged: punycode, numeric IPv4, encoded bytes */
@@ -774,7 +780,7 @@ static void finish(pb_engine *e, xfer *x, CURLcode rc)
     x->status = status;
     x->seconds = secs;
     x->fail = classify(x, rc);
-    if (x->blocked && !x->opened && x->fail == PB_FAIL_CONNECT) {
+    if (x->blocked && x->fail == PB_FAIL_CONNECT) {
         x->fail = PB_FAIL_BLOCKED;
         set_err(x, x->blocked_why);
     } else if (x->fail == PB_FAIL_NONE && !x->headers_done) {
@@ -789,8 +795,10 @@ static void finish(pb_engine *e, xfer *x, CURLcode rc)
         set_err(x, curl_easy_strerror(rc));
     }
     /* Nothing left this machine when the connection never came up. */
-    x->sent = !(x->fail == PB_FAIL_CONNECT || x->fail == PB_FAIL_BLOCKED ||
-                (reqsize == 0 && status == 0));
+    if (x->fail == PB_FAIL_BLOCKED)
+        x->sent = reqsize > 0; /* refused at a redirect: the first hops were sent */
+    else
+        x->sent = !(x->fail == PB_FAIL_CONNECT || (reqsize == 0 && status == 0));
     list_remove(&e->active, x);
     e->nactive--;
     fifo_push(&e->done_head, &e->done_tail, x);

@@ -12,6 +12,10 @@ local M = {}
 local mt = core.error_mt
 M.mt = mt
 
+local ESCAPES = setmetatable({ ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }, {
+  __index = function(_, c) return ("\\x%02X"):format(c:byte()) end,
+})
+
 local function text(v)
   if v == nil then return nil end
   if type(v) == "string" then return v end
@@ -37,7 +41,8 @@ local function describe(e)
   local at = #where > 0 and (" [" .. table.concat(where, " ") .. "]") or ""
   local tries = ""
   if type(e.attempts) == "number" and e.attempts > 1 then tries = " after " .. e.attempts .. " attempts" end
-  return head .. ": " .. msg .. at .. tries
+  -- one line, whatever the caller or a server put in the fields
+  return (head .. ": " .. msg .. at .. tries):gsub("[%c]", ESCAPES)
 end
 
 mt.__tostring = describe

@@ -66,7 +66,7 @@ end
 function Journal:write(rec)
   local text = assert(json.encode(rec))
   local ok, err = self.file:append(text)
-  if not ok then error(errors.new("transport", { message = "journal: " .. err }), 0) end
+  if not ok then error(errors.new("spool", { code = "io", message = "journal: " .. err }), 0) end
 end
 
 function Journal:sync()
@@ -190,7 +190,9 @@ function M.run(opts)
   local report = { scanned = 0, changed = 0, skipped = 0, failed = 0, errors = {} }
   local source = opts.source
   if type(source) == "string" then
-    source = M.jsonl(source)
+    local ok, it = pcall(M.jsonl, source)
+    if not ok then return nil, errors.is(it) and it or errors.new("validation", { message = tostring(it) }) end
+    source = it
   elseif source == nil then
     if opts.on_progress then
       -- how many records match now: progress shows done/total
@@ -206,7 +208,7 @@ function M.run(opts)
   if opts.journal and not opts.dry_run then
     local err
     journal, err = M.open_journal(opts.journal)
-    if not journal then return nil, errors.new("transport", { message = "journal: " .. tostring(err) }) end
+    if not journal then return nil, errors.new("spool", { code = "io", message = "journal: " .. tostring(err) }) end
   end
 
   local pending = {} -- {id=, change=, pb=}
