@@ -33,7 +33,7 @@ describe("luarocks make postback-redis", function()
     local src, tree, log = tmp .. "/src", tmp .. "/tree", tmp .. "/luarocks.log"
     assert.is_true(F.run("mkdir -p " .. sh(src)))
     local copy = {}
-    for _, path in ipairs { "lua_postback.c", "core", "lua", "mock", "bin", "redis",
+    for _, path in ipairs { "lua_postback.c", "binding", "core", "lua", "mock", "bin", "redis",
                             "postback-scm-1.rockspec", "postback-redis-scm-1.rockspec" } do
       copy[#copy + 1] = sh(root .. "/" .. path)
     end
