@@ -19,6 +19,9 @@ local ESCAPES = setmetatable({ ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" },
 local function text(v)
   if v == nil then return nil end
   if type(v) == "string" then return v end
+  if type(v) == "number" and v == math.floor(v) and v >= -9007199254740992 and v <= 9007199254740992 then
+    return ("%.0f"):format(v) -- all the digits, on Lua 5.1 and LuaJIT too
+  end
   return tostring(v)
 end
 

@@ -18,13 +18,14 @@
 local core = require "postback.core"
 local errors = require "postback.errors"
 local json = require "postback.json"
+local util = require "postback.util"
 
 local M = {}
 
 local CHANGEABLE = { code = true, type = true, status = true }
 
 local function argerror(msg)
-  require("postback.util").argerror(1, "migrate", msg, 3)
+  util.argerror(1, "migrate", msg, 3)
 end
 
 -- ---- journal -------------------------------------------------------------
@@ -112,11 +113,11 @@ local function diff_line(pb, change)
   local parts = {}
   for _, k in ipairs { "code", "type", "status" } do
     if change[k] ~= nil then
-      parts[#parts + 1] = ("  %s: %s -> %s"):format(k, tostring(pb[k]), tostring(change[k]))
+      parts[#parts + 1] = ("  %s: %s -> %s"):format(k, util.tostr(pb[k]), util.tostr(change[k]))
     end
   end
   return ("postback %s (offer %s, affiliate %s)\n%s"):format(
-    tostring(pb.id), tostring(pb.offer_id), tostring(pb.affiliate_id), table.concat(parts, "\n"))
+    util.tostr(pb.id), util.tostr(pb.offer_id), util.tostr(pb.affiliate_id), table.concat(parts, "\n"))
 end
 M.diff_line = diff_line
 
@@ -177,7 +178,7 @@ M.OPTIONS = {
 -- (and total), or nil, err when the run could not start or the source failed.
 function M.run(opts)
   if type(opts) ~= "table" then argerror("table expected, got " .. type(opts)) end
-  local problem = require("postback.util").check_options(opts, M.OPTIONS)
+  local problem = util.check_options(opts, M.OPTIONS)
   if problem then argerror(problem) end
   local client, transform = opts.client, opts.transform
   if type(transform) ~= "function" then argerror("option transform must be a function") end

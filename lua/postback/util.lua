@@ -35,6 +35,15 @@ local function distance(a, b)
   return d[la][lb]
 end
 
+--- tostring, but integers up to 2^53 in all their digits (Lua 5.1 and
+-- LuaJIT print numbers with 14 significant digits: 9.007199254741e+15).
+function M.tostr(v)
+  if type(v) == "number" and v == math.floor(v) and v >= -9007199254740992 and v <= 9007199254740992 then
+    return ("%.0f"):format(v)
+  end
+  return tostring(v)
+end
+
 --- The closest of names to word (at most two edits away), or nil.
 function M.closest(word, names)
   if type(word) ~= "string" then return nil end
