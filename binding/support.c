@@ -97,12 +97,9 @@ static int pb_optenum(lua_State *L, int i, int argn, const char *field, const ch
 
 /* Pushes a new error table {kind=, code=, field=, message=} with the
  * shared error metatable. */
-static void pb_pusherror(lua_State *L, const char *kind, const char *code, const char *field,
-                         const char *message)
+/* Sets code, field (when given) and message in the table on top. */
+static void set_problem(lua_State *L, const char *code, const char *field, const char *message)
 {
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, kind);
-    lua_setfield(L, -2, "kind");
     if (code) {
         lua_pushstring(L, code);
         lua_setfield(L, -2, "code");
@@ -113,20 +110,20 @@ static void pb_pusherror(lua_State *L, const char *kind, const char *code, const
     }
     lua_pushstring(L, message);
     lua_setfield(L, -2, "message");
+}
+
+static void pb_pusherror(lua_State *L, const char *kind, const char *code, const char *field,
+                         const char *message)
+{
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "kind");
+    set_problem(L, code, field, message);
     if (strcmp(kind, "validation") == 0) {
         /* one shape for every validation error: its problems in `errors` */
         lua_createtable(L, 1, 0);
         lua_createtable(L, 0, 3);
-        if (code) {
-            lua_pushstring(L, code);
-            lua_setfield(L, -2, "code");
-        }
-        if (field) {
-            lua_pushstring(L, field);
-            lua_setfield(L, -2, "field");
-        }
-        lua_pushstring(L, message);
-        lua_setfield(L, -2, "message");
+        set_problem(L, code, field, message);
         lua_rawseti(L, -2, 1);
         lua_setfield(L, -2, "errors");
     }

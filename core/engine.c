@@ -514,6 +514,19 @@ static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int 
     return ok;
 }
 
+/* Hands x to libcurl: it runs from the next perform (or is recycled when
+ * libcurl refuses it). */
+static int activate(pb_engine *e, xfer *x)
+{
+    if (curl_multi_add_handle(e->multi, x->easy) != CURLM_OK) {
+        recycle(e, x);
+        return PB_ECURL;
+    }
+    list_push(&e->active, x);
+    e->nactive++;
+    return PB_OK;
+}
+
 /* Hands x to libcurl, or queues it while max_running transfers run. */
 static int launch(pb_engine *e, xfer *x)
 {
@@ -522,13 +535,7 @@ static int launch(pb_engine *e, xfer *x)
         e->nqueued++;
         return PB_OK;
     }
-    if (curl_multi_add_handle(e->multi, x->easy) != CURLM_OK) {
-        recycle(e, x);
-        return PB_ECURL;
-    }
-    list_push(&e->active, x);
-    e->nactive++;
-    return PB_OK;
+    return activate(e, x);
 }
 
 /* Keeps the URL to send in x->url: as given, or converted to what libcurl
@@ -671,13 +678,7 @@ static int start_get(pb_engine *e, const char *url, size_t len, unsigned long lo
         recycle(e, x);
         return PB_ENOMEM;
     }
-    if (curl_multi_add_handle(e->multi, x->easy) != CURLM_OK) {
-        recycle(e, x);
-        return PB_ECURL;
-    }
-    list_push(&e->active, x);
-    e->nactive++;
-    return PB_OK;
+    return activate(e, x);
 }
 
 int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user,

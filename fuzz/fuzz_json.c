@@ -26,6 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define FUZZ_NAME "fuzz_json"
 #include "fuzz/fuzz_common.h"
+#include "spec/c/test_helpers.h"
 
 static int hexv(unsigned char c)
 {
@@ -34,29 +35,6 @@ static int hexv(unsigned char c)
     return -1;
 }
 
-static int number_ok(const char *s)
-{
-    if (*s == '-') s++;
-    if (*s == '0') {
-        s++;
-    } else if (*s >= '1' && *s <= '9') {
-        while (*s >= '0' && *s <= '9') s++;
-    } else {
-        return 0;
-    }
-    if (*s == '.') {
-        s++;
-        if (!(*s >= '0' && *s <= '9')) return 0;
-        while (*s >= '0' && *s <= '9') s++;
-    }
-    if (*s == 'e' || *s == 'E') {
-        s++;
-        if (*s == '+' || *s == '-') s++;
-        if (!(*s >= '0' && *s <= '9')) return 0;
-        while (*s >= '0' && *s <= '9') s++;
-    }
-    return *s == '\0';
-}
 
 static void check_numbers(const uint8_t *p)
 {
@@ -71,7 +49,7 @@ static void check_numbers(const uint8_t *p)
         if (n != 0) FAIL("a non-finite double written as %s", out);
     } else {
         if (n == 0 || n != strlen(out)) FAIL("%.17g: length %zu", d, n);
-        if (!number_ok(out)) FAIL("%.17g written as %s: not a JSON number", d, out);
+        if (!json_number_ok(out)) FAIL("%.17g written as %s: not a JSON number", d, out);
         if (strtod(out, NULL) != d) FAIL("%.17g written as %s: reads back differently", d, out);
         if (fabs(d) <= PB_JSON_EXACT_MAX && d == floor(d) && strpbrk(out, ".eE"))
             FAIL("%.17g written as %s: not plain digits", d, out);

@@ -65,34 +65,6 @@ static void diagf(const char *fmt, ...)
     diag_buf[diag_len] = '\0';
 }
 
-/* Prints bytes as a C-ish literal into a static ring of buffers. */
-static const char *show(const char *s, size_t n)
-{
-    static char ring[4][600];
-    static int k;
-    char *o = ring[k = (k + 1) % 4];
-    size_t i, j = 0;
-    if (!s) return "(null)";
-    o[j++] = '"';
-    for (i = 0; i < n && j < sizeof ring[0] - 8; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            o[j++] = '\\';
-            o[j++] = (char)c;
-        } else if (c >= 0x20 && c < 0x7f) {
-            o[j++] = (char)c;
-        } else {
-            j += (size_t)sprintf(o + j, "\\x%02X", c);
-        }
-    }
-    if (i < n) {
-        memcpy(o + j, "...", 3);
-        j += 3;
-    }
-    o[j++] = '"';
-    o[j] = '\0';
-    return o;
-}
 
 static void test_end(const char *name)
 {
@@ -1185,30 +1157,6 @@ static unsigned long long rng_next(unsigned long long *st)
     return *st = x;
 }
 
-/* 1 when s is a number as RFC 8259's grammar writes it. */
-static int json_number_ok(const char *s)
-{
-    if (*s == '-') s++;
-    if (*s == '0') {
-        s++;
-    } else if (*s >= '1' && *s <= '9') {
-        while (*s >= '0' && *s <= '9') s++;
-    } else {
-        return 0;
-    }
-    if (*s == '.') {
-        s++;
-        if (!(*s >= '0' && *s <= '9')) return 0;
-        while (*s >= '0' && *s <= '9') s++;
-    }
-    if (*s == 'e' || *s == 'E') {
-        s++;
-        if (*s == '+' || *s == '-') s++;
-        if (!(*s >= '0' && *s <= '9')) return 0;
-        while (*s >= '0' && *s <= '9') s++;
-    }
-    return *s == '\0';
-}
 
 static void jint(long long v, const char *exp)
 {

@@ -34,6 +34,7 @@
 #include "core/buf.h"
 #include "core/template.h"
 #include "core/url.h"
+#include "spec/c/test_helpers.h"
 
 #define NURLS 100000
 #define MAX_EXAMPLES 12
@@ -181,29 +182,6 @@ static void tap(int ok, const char *name)
     fflush(stdout);
 }
 
-static const char *show(const char *s, size_t n)
-{
-    static char ring[4][700];
-    static int k;
-    char *o = ring[k = (k + 1) % 4];
-    size_t i, j = 0;
-    if (!s) return "(none)";
-    o[j++] = '"';
-    for (i = 0; i < n && j < sizeof ring[0] - 8; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            o[j++] = '\\';
-            o[j++] = (char)c;
-        } else if (c >= 0x20 && c < 0x7f) {
-            o[j++] = (char)c;
-        } else {
-            j += (size_t)sprintf(o + j, "\\x%02X", c);
-        }
-    }
-    o[j++] = '"';
-    o[j] = '\0';
-    return o;
-}
 
 /* Collected examples of one kind of failure. */
 typedef struct bag {

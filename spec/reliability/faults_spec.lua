@@ -7,43 +7,9 @@ local postback = require "postback"
 local mockproc = require "mockproc"
 local testenv = require "testenv"
 
--- What each fault does to an idempotent call and to a POST (create).
--- ok = the call succeeds; kind = the error kind; tries = attempts at the mock.
-local FAULTS = {
-  { name = "5xx burst shorter than the retry budget",
-    spec = { fault = "status", status = 503, times = 2 },
-    idem = { ok = true, tries = 3 }, post = { kind = "api", tries = 1, created = 0 } },
-  { name = "5xx burst longer than the retry budget",
-    spec = { fault = "status", status = 500, times = 50 },
-    idem = { kind = "api", tries = 4 }, post = { kind = "api", tries = 1, created = 0 } },
-  { name = "429 with Retry-After in seconds",
-    spec = { fault = "status", status = 429, retry_after = "0", times = 1 },
-    idem = { ok = true, tries = 2 }, post = { kind = "api", tries = 1, created = 0 } },
-  { name = "429 with Retry-After as an HTTP date",
-    spec = { fault = "status", status = 429, retry_after = "Wed, 21 Oct 2015 07:28:00 GMT", times = 1 },
-    idem = { ok = true, tries = 2 }, post = { kind = "api", tries = 1, created = 0 } },
-  { name = "connection reset before the request was read",
-    spec = { fault = "reset_before", times = 1 },
-    idem = { ok = true, tries = 2 }, post = { kind = "transport", tries = 1, created = 0 } },
-  { name = "connection reset after the request was applied",
-    spec = { fault = "reset_after", times = 1 },
-    idem = { ok = true, tries = 2 }, post = { kind = "transport", tries = 1, created = 1 } },
-  { name = "answer slower than the timeout",
-    spec = { fault = "slow", delay = 1.2, times = 1 },
-    idem = { ok = true, tries = 2 }, post = { kind = "timeout", tries = 1, created = 1, settle = 1.3 } },
-  { name = "garbage JSON",
-    spec = { fault = "malformed", times = 1 },
-    idem = { kind = "decode", tries = 1 }, post = { kind = "decode", tries = 1, created = 0 } },
-  { name = "truncated body",
-    spec = { fault = "truncated", times = 1 },
-    idem = { ok = true, tries = 2 }, post = { kind = "transport", tries = 1, created = 1 } },
-  { name = "body over the size cap",
-    spec = { fault = "oversized", size = 2 * 1024 * 1024, times = 1 },
-    idem = { kind = "transport", tries = 1 }, post = { kind = "transport", tries = 1, created = 0 } },
-  { name = "wrong content type",
-    spec = { fault = "content_type", content_type = "text/html", times = 1 },
-    idem = { ok = true, tries = 1 }, post = { ok = true, tries = 1, created = 1 } },
-}
+-- What each fault does to an idempotent call and to a POST (create): see
+-- spec/support/fault_matrix.lua.
+local FAULTS = require("fault_matrix").FAULTS
 
 describe("reliability: every call x every fault", function()
   local mock, c
@@ -123,7 +89,8 @@ describe("reliability: every call x every fault", function()
         assert.equal(want.tries, err.attempts)
       end
       assert.equal(want.tries, attempts("POST", "/v1/affiliate_postbacks"))
-      if want.settle then require("postback.core").sleep(want.settle) end
+      local settle = want.settle or f.settle
+      if settle then require("postback.core").sleep(settle) end
       assert.equal(want.created, mock:stats().postbacks)
     end)
   end
