@@ -99,13 +99,13 @@ valgrind-test: test-deps
 
 # C unit tests of core/ (no Lua), under ASan+UBSan, with a failing allocator.
 SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-build/ctest/test_core: spec/c/test_core.c $(CORE_SRC) $(CORE_HDR)
+build/ctest/test_core: spec/c/test_core.c spec/c/test_helpers.h $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -O1 -g $(SAN) -D_POSIX_C_SOURCE=200809L $(CORE_CFLAGS) -I. \
 	  spec/c/test_core.c $(CORE_SRC) -o $@ $(CORE_LIBS) -lm
 
 # postback's URL checks against libcurl's own parser (curl_url), on generated URLs.
-build/ctest/url_diff: spec/c/url_diff.c $(CORE_SRC) $(CORE_HDR)
+build/ctest/url_diff: spec/c/url_diff.c spec/c/test_helpers.h $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -O1 -g $(SAN) -D_POSIX_C_SOURCE=200809L $(CORE_CFLAGS) -I. \
 	  spec/c/url_diff.c $(CORE_SRC) -o $@ $(CORE_LIBS) -lm
@@ -132,7 +132,7 @@ build/bench/render_c: bench/render_c.c $(CORE_SRC) $(CORE_HDR)
 # starting from the checked-in seeds in fuzz/seeds/<harness>/.
 FUZZ_SECONDS ?= 10
 FUZZERS := $(patsubst fuzz/%.c,build/fuzz/%,$(wildcard fuzz/fuzz_*.c))
-build/fuzz/%: fuzz/%.c $(CORE_SRC) $(CORE_HDR)
+build/fuzz/%: fuzz/%.c fuzz/fuzz_common.h spec/c/test_helpers.h $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	  -D_POSIX_C_SOURCE=200809L $(CORE_CFLAGS) -I. $< $(CORE_SRC) -o $@ $(CORE_LIBS) -lm
