@@ -81,7 +81,7 @@ function M.start(opts)
     f = assert(io.open(path, "w"))
     f:write(conf)
     f:close()
-    os.execute(("%s -p %s -c %s -s reload"):format(n.bin, n.prefix, path))
+    os.execute(("%s -p %s -c %s -s reload 2>/dev/null"):format(n.bin, n.prefix, path))
     socket.sleep(0.5)
   end
   return setmetatable({ n = n, port = n.port, url = n.url, prefix = n.prefix }, N)
@@ -141,7 +141,7 @@ function N:read(name)
 end
 
 function N:reload()
-  os.execute(("%s -p %s -c %s/nginx.conf -s reload"):format(self.n.bin, self.prefix, self.prefix))
+  os.execute(("%s -p %s -c %s/nginx.conf -s reload 2>/dev/null"):format(self.n.bin, self.prefix, self.prefix))
 end
 
 function N:stop() self.n:stop() end
