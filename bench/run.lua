@@ -22,6 +22,7 @@ local benches = {
   { name = "each", script = "bench/each.lua" },
   { name = "isolation", script = "bench/isolation.lua" },
   { name = "spool", script = "bench/spool_soak.lua 10000 100000" },
+  { name = "gateway", script = "bench/gateway.lua" },
 }
 
 local outputs = {}
@@ -57,6 +58,10 @@ local rows = {
   { "spool soak: peak spool 100k / 10k", grab("spool", "peak spool ([%d.]+),"), "flat (1.0)" },
   { "spool soak: peak RSS 100k / 10k", grab("spool", "peak RSS ([%d.]+),"), "flat (1.0)" },
   { "spool soak: reopen after a crash, 100k / 10k", grab("spool", "reopen time ([%d.]+),"), "flat (1.0)" },
+  { "gateway: conversions/s vs /health, 16 clients", grab("gateway", "gateway ratio 16 clients: ([%d.]+)"), "-" },
+  { "gateway: conversions/s vs /health, 64 clients", grab("gateway", "gateway ratio 64 clients: ([%d.]+)"), "-" },
+  { "gateway: reload halfway, 32 clients", grab("gateway", "reload halfway, 32 clients: ([^\n]-) accepted"),
+    "every 202 delivered" },
 }
 
 local lines = { "| measure | result | target |", "|---|---|---|" }

@@ -191,11 +191,6 @@ function M:resolve(host, deadline)
   return list
 end
 
---- Forgets what was resolved (after /etc/hosts or DNS changed; tests).
-function M.forget_names()
-  dns_cache, dns_cached, hosts, system_ns = {}, 0, nil, nil
-end
-
 -- ---- a transport object -----------------------------------------------------
 
 --- A transport object. opts: the request options every GET of submit{url=}
@@ -272,12 +267,6 @@ local function idle_keep(self, key)
   idle_pools[key] = list
   self.nidle = self.nidle + 1
   return true
-end
-
---- Idle connections this transport has left in the pools (as counted).
-function M:idle_connections()
-  idle_prune(core.now())
-  return self.nidle
 end
 
 -- ---- reading an answer before a deadline --------------------------------------
