@@ -91,7 +91,9 @@ local function resolv_conf()
   if f then
     for line in f:lines() do
       local ip = line:match("^%s*nameserver%s+([%x%.:]+)")
-      if ip and not ip:find("%%") then system_ns[#system_ns + 1] = ip end
+      -- cosockets take an IPv6 address in brackets
+      if ip and ip:find(":", 1, true) then ip = { "[" .. ip .. "]", 53 } end
+      if ip then system_ns[#system_ns + 1] = ip end
     end
     f:close()
   end
@@ -123,17 +125,18 @@ local function hosts_file()
   return hosts
 end
 
--- nameservers option: {"ip", "ip:port", "[v6]:port", {ip, port}} -> the
--- resolver's form.
+-- nameservers option: {"ip", "ip:port", "v6", "[v6]", "[v6]:port", {ip,
+-- port}} -> the resolver's form ({ip, port}, IPv6 in brackets).
 local function nameserver_list(list)
   local out = {}
   for i, ns in ipairs(list) do
     if type(ns) == "table" then
       out[i] = ns
     else
-      local ip, port = ns:match("^%[([^%]]+)%]:(%d+)$")
-      if not ip then ip, port = ns:match("^([%d%.]+):(%d+)$") end
-      out[i] = ip and { ip, tonumber(port) } or ns
+      local ip, port = ns:match("^(%[[^%]]+%]):?(%d*)$")
+      if not ip then ip, port = ns:match("^([%d%.]+):?(%d*)$") end
+      if not ip and ns:find(":", 1, true) then ip, port = "[" .. ns .. "]", "" end
+      out[i] = { ip or ns, tonumber(port) or 53 }
     end
   end
   return out
