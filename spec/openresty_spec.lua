@@ -18,9 +18,9 @@ end
 local function request(port, method, path, body)
   local c = assert(socket.connect("127.0.0.1", port))
   c:settimeout(10)
-  local head = ("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"):format(method, path)
-  if body then head = head .. "Content-Type: application/json\r\nContent-Length: " .. #body .. "\r\n" end
-  assert(c:send(head .. "\r\n" .. (body or "")))
+  local req = ("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"):format(method, path)
+  if body then req = req .. "Content-Type: application/json\r\nContent-Length: " .. #body .. "\r\n" end
+  assert(c:send(req .. "\r\n" .. (body or "")))
   local all = c:receive("*a")
   c:close()
   local status = tonumber(all:match("^HTTP/1%.%d (%d+)"))
