@@ -20,6 +20,7 @@ local socket = require "socket"
 
 local TOTAL = tonumber(arg[1]) or 3000
 local ROUNDS = tonumber(arg[2]) or 3
+local HALF = math.floor(TOTAL / 2)
 
 assert(gatewayproc.available(), "nginx with ngx_http_lua is needed")
 assert(os.execute("make -s LUA=luajit >/dev/null"), "cannot build postback for LuaJIT")
@@ -108,7 +109,7 @@ for _, clients in ipairs { 16, 32, 64 } do
 end
 
 local summary, statuses = burst("/conversion?offer_id=1&click_id=hup-{i}", 32,
-  ("--hup-at %d --hup-pid %d"):format(TOTAL // 2, gw:pid()))
+  ("--hup-at %d --hup-pid %d"):format(HALF, gw:pid()))
 local accepted, why = check("hup-", statuses, summary)
 print(("reload halfway, 32 clients: %s of %d accepted and delivered, %d unanswered, %.0f conversions/s")
   :format(accepted and tostring(accepted) or ("FAILED (" .. why .. ")"), TOTAL, summary.noanswer, summary.rate))
