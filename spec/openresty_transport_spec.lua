@@ -115,6 +115,23 @@ describe("the ngx transport inside nginx", function()
     assert.is_true(took < 3, ("took %.2f s"):format(took))
   end)
 
+  it("ends every hostile answer in a typed error within its timeout", function()
+    local socket = require "socket"
+    for _, case in ipairs {
+      { "/silent/1", "timeout" }, { "/chunked-forever/1", "timeout" }, { "/huge-body/1", "transport", "too_large" },
+      { "/close-mid-headers/1", "transport" }, { "/invalid/1", "transport" },
+      { "/huge-header/1", "transport", "too_large" },
+    } do
+      local t0 = socket.gettime()
+      local ok, kind, _, reason, _, text = fire(bad.url .. case[1], "{ retries = 0, timeout = 1, allow_private = true }")
+      local took = socket.gettime() - t0
+      assert.is_false(ok, case[1])
+      assert.equal(case[2], kind, case[1] .. ": " .. tostring(text))
+      if case[3] then assert.equal(case[3], reason, case[1]) end
+      assert.is_true(took < 2, ("%s took %.2f s"):format(case[1], took))
+    end
+  end)
+
   it("refuses private destinations by default, with nothing sent", function()
     local port = recv.port
     for _, url in ipairs {

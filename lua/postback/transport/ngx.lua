@@ -286,11 +286,16 @@ local function ms_left(deadline)
   return math.max(1, math.floor(left * 1000))
 end
 
-function Reader:fill()
+-- What the socket has, at most max bytes, before the deadline; nil, err.
+function Reader:recv(max)
   local ms = ms_left(self.deadline)
   if not ms then return nil, "timeout" end
   self.sock:settimeouts(ms, ms, ms)
-  local data, err = self.sock:receiveany(READ_SIZE)
+  return self.sock:receiveany(max)
+end
+
+function Reader:fill()
+  local data, err = self:recv(READ_SIZE)
   if not data then return nil, err end
   if self.pos > 1 then
     self.buf = self.buf:sub(self.pos) .. data
@@ -320,30 +325,45 @@ function Reader:line(max)
   end
 end
 
--- Exactly n bytes; nil, err.
-function Reader:bytes(n)
-  while #self.buf - self.pos + 1 < n do
-    local ok, err = self:fill()
-    if not ok then return nil, err end
-  end
-  local out = self.buf:sub(self.pos, self.pos + n - 1)
-  self.pos = self.pos + n
+-- What is buffered, taken out.
+function Reader:take()
+  local out = self.buf:sub(self.pos)
+  self.buf, self.pos = "", 1
   return out
+end
+
+-- Exactly n bytes; nil, err. (Large reads gather their pieces in a list:
+-- one copy in all.)
+function Reader:bytes(n)
+  local have = #self.buf - self.pos + 1
+  if have >= n then
+    local out = self.buf:sub(self.pos, self.pos + n - 1)
+    self.pos = self.pos + n
+    return out
+  end
+  local parts = { self:take() }
+  while have < n do
+    local data, err = self:recv(math.min(READ_SIZE, n - have))
+    if not data then return nil, err end
+    parts[#parts + 1] = data
+    have = have + #data
+  end
+  return table.concat(parts)
 end
 
 -- Everything until the peer closes, at most max bytes; nil, err.
 function Reader:rest(max)
+  local parts = { self:take() }
+  local have = #parts[1]
   while true do
-    if #self.buf - self.pos + 1 > max then return nil, "too_large" end
-    local ok, err = self:fill()
-    if not ok then
-      if err == "closed" then
-        local out = self.buf:sub(self.pos)
-        self.pos = #self.buf + 1
-        return out
-      end
+    if have > max then return nil, "too_large" end
+    local data, err = self:recv(READ_SIZE)
+    if not data then
+      if err == "closed" then return table.concat(parts) end
       return nil, err
     end
+    parts[#parts + 1] = data
+    have = have + #data
   end
 end
 
