@@ -355,4 +355,31 @@ describe("postback.dispatcher inside nginx, with a spool", function()
       assert.is_nil(next(owed), name .. " still owes " .. tostring(next(owed)))
     end
   end)
+
+  it("loses nothing it accepted to a stop (QUIT): the next start sends it", function()
+    local ids = n:run(([[
+      local ids = {}
+      for i = 1, 100 do ids[i] = assert(D:fire(%q, { i = i })) end
+      return ids
+    ]]):format(recv.url .. "/slow?ms=40&q={i}"))
+    assert.equal(100, #ids)
+    socket.sleep(0.2)
+    local nx = n.n
+    assert(sh(("%s -p %s -c %s/nginx.conf -s quit 2>/dev/null"):format(nx.bin, nx.prefix, nx.prefix)))
+    assert.is_true(wait_for(function() return io.open(nx.prefix .. "/nginx.pid") == nil end, 15), "nginx did not stop")
+    local sent = {}
+    for _, uri in ipairs(uris("/slow?ms=40&q=")) do sent[uri] = true end
+    local before = 0
+    for _ in pairs(sent) do before = before + 1 end
+    assert.is_true(before < 100, before .. " sent before the stop")
+    assert(sh(("%s -p %s -c %s/nginx.conf 2>/dev/null"):format(nx.bin, nx.prefix, nx.prefix)))
+    assert.is_true(wait_for(function()
+      for _, uri in ipairs(uris("/slow?ms=40&q=")) do sent[uri] = true end
+      local k = 0
+      for _ in pairs(sent) do k = k + 1 end
+      return k == 100
+    end, 20), n:error_log())
+    local stats = n:run("return D:stats()")
+    assert.is_true(stats.recovered + stats.adopted > 0)
+  end)
 end)
