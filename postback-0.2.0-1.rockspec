@@ -55,6 +55,7 @@ build = {
     ["postback"] = "lua/postback/init.lua",
     ["postback.client"] = "lua/postback/client.lua",
     ["postback.dispatcher"] = "lua/postback/dispatcher.lua",
+    ["postback.ngx_dispatcher"] = "lua/postback/ngx_dispatcher.lua",
     ["postback.errors"] = "lua/postback/errors.lua",
     ["postback.fire"] = "lua/postback/fire.lua",
     ["postback.json"] = "lua/postback/json.lua",

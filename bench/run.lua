@@ -23,6 +23,7 @@ local benches = {
   { name = "isolation", script = "bench/isolation.lua" },
   { name = "spool", script = "bench/spool_soak.lua 10000 100000" },
   { name = "queue", script = "bench/queue.lua" },
+  { name = "gateway", script = "bench/gateway.lua" },
 }
 
 local outputs = {}
@@ -64,6 +65,10 @@ local rows = {
   { "queue: delivery, 1 worker / spool dispatcher", grab("queue", "delivery, 1 worker / spool dispatcher:%s+([%d.]+)"), ">= 0.5" },
   { "queue: end to end, 2 worker processes / spool dispatcher",
     grab("queue", "end to end, 2 worker processes / spool dispatcher:%s+([%d.]+)"), "-" },
+  { "gateway: conversions/s vs /health, 16 clients", grab("gateway", "gateway ratio 16 clients: ([%d.]+)"), "-" },
+  { "gateway: conversions/s vs /health, 64 clients", grab("gateway", "gateway ratio 64 clients: ([%d.]+)"), "-" },
+  { "gateway: reload halfway, 32 clients", grab("gateway", "reload halfway, 32 clients: ([^\n]-) accepted"),
+    "every 202 delivered" },
 }
 
 local lines = { "| measure | result | target |", "|---|---|---|" }

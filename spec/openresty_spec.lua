@@ -1,19 +1,13 @@
 -- The OpenResty example in a real nginx (Debian's nginx + ngx_http_lua on
 -- LuaJIT), against the mock Offerslook: admin CRUD through the client on
--- cosockets, conversions fired in the background, and a worker that keeps
--- answering while a slow receiver holds postbacks in flight.
+-- cosockets, conversions handed to the worker's dispatcher, a worker that
+-- keeps answering while a slow receiver holds postbacks in flight, 503 with
+-- Retry-After when it cannot take a conversion, the destination policy from
+-- the environment, and a log line for every postback that fails.
 local mockproc = require "mockproc"
 local socket = require "socket"
 
-local function exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() return true end
-  return false
-end
-
-local MODULES = "/usr/lib/nginx/modules"
-local have_nginx = exists("/usr/sbin/nginx") and exists(MODULES .. "/ngx_http_lua_module.so")
-  and exists(MODULES .. "/ndk_http_module.so")
+local gatewayproc = require "gatewayproc"
 local suite = require("testenv").suite
 
 local function sh(cmd)
@@ -24,12 +18,13 @@ end
 local function request(port, method, path, body)
   local c = assert(socket.connect("127.0.0.1", port))
   c:settimeout(10)
-  local head = ("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"):format(method, path)
-  if body then head = head .. "Content-Type: application/json\r\nContent-Length: " .. #body .. "\r\n" end
-  assert(c:send(head .. "\r\n" .. (body or "")))
+  local req = ("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"):format(method, path)
+  if body then req = req .. "Content-Type: application/json\r\nContent-Length: " .. #body .. "\r\n" end
+  assert(c:send(req .. "\r\n" .. (body or "")))
   local all = c:receive("*a")
   c:close()
   local status = tonumber(all:match("^HTTP/1%.%d (%d+)"))
+  local head = all:match("^(.-)\r\n\r\n") or ""
   local text = all:match("\r\n\r\n(.*)$") or ""
   -- chunked answers from content_by_lua: join the chunks
   if all:lower():find("transfer%-encoding: chunked") then
@@ -43,11 +38,11 @@ local function request(port, method, path, body)
     end
     text = table.concat(out)
   end
-  return status, text
+  return status, text, head
 end
 
 describe("OpenResty gateway example", function()
-  if not have_nginx then
+  if not gatewayproc.available() then
     it("needs nginx with ngx_http_lua", function() pending("nginx or its lua module is not installed") end)
     return
   end
@@ -56,45 +51,29 @@ describe("OpenResty gateway example", function()
     return
   end
 
-  local mock, prefix, port
+  local mock, gw, port
   local cjson = require("cjson.safe")
+
+  local function env(extra)
+    local e = { OFFERSLOOK_NETWORK = "gw", OFFERSLOOK_API_KEY = "gw-key", OFFERSLOOK_BASE_URL = mock.url }
+    for k, v in pairs(extra or {}) do e[k] = v end
+    return e
+  end
 
   setup(function()
     assert(sh("make -s LUA=luajit >/dev/null"), "cannot build postback for LuaJIT")
     mock = mockproc.start { network = "gw", api_key = "gw-key" }
-    prefix = os.tmpname()
-    os.remove(prefix)
-    assert(sh(("mkdir -p %s/logs %s/tmp && ln -s %s %s/modules && ln -s %s/build/luajit %s/lib && ln -s %s/examples/openresty %s/app")
-      :format(prefix, prefix, MODULES, prefix, mockproc.root(), prefix, mockproc.root(), prefix)))
-    port = require("nginxproc").free_port()
-    local f = assert(io.open("examples/openresty/nginx.conf"))
-    local conf = f:read("*a"):gsub("listen 127%.0%.0%.1:8080;", "listen 127.0.0.1:" .. port .. ";")
-    f:close()
-    f = assert(io.open(prefix .. "/nginx.conf", "w"))
-    f:write(conf)
-    f:close()
-    assert(sh(("env -u LD_PRELOAD OFFERSLOOK_NETWORK=gw OFFERSLOOK_API_KEY=gw-key OFFERSLOOK_BASE_URL=%s /usr/sbin/nginx -p %s -c nginx.conf 2>%s/logs/start.log")
-      :format(mock.url, prefix, prefix)), "nginx did not start")
-    for _ = 1, 100 do
-      local c = socket.connect("127.0.0.1", port)
-      if c then c:close() break end
-      socket.sleep(0.02)
-    end
+    -- the sandbox fires at the mock on loopback: allowed by the environment
+    gw = gatewayproc.start { env = env { POSTBACK_ALLOW_PRIVATE = "1" } }
+    port = gw.port
   end)
 
   teardown(function()
-    if prefix then
-      sh(("/usr/sbin/nginx -p %s -c nginx.conf -s stop 2>/dev/null; sleep 0.2; rm -rf %s"):format(prefix, prefix))
-    end
+    if gw then gw:stop() end
     if mock then mock:stop() end
   end)
 
-  local function error_log()
-    local f = io.open(prefix .. "/logs/error.log")
-    local s = f and f:read("*a") or ""
-    if f then f:close() end
-    return s
-  end
+  local function error_log() return gw:error_log() end
 
   before_each(function() mock:reset() end)
 
@@ -179,5 +158,67 @@ describe("OpenResty gateway example", function()
     assert.is_true(socket.gettime() - t0 < 1.5, "the health checks waited for the receiver")
     assert.is_true(worst < 0.5, ("a health check took %.0f ms"):format(worst * 1000))
     assert.equal(4, #received_at_least(4), error_log())
+  end)
+
+  it("answers 503 with Retry-After when it cannot read the offer's postbacks", function()
+    mock:fault { fault = "status", status = 503, times = 100 }
+    local status, body, head = request(port, "GET", "/conversion?click_id=c-503&offer_id=77")
+    mock:control("DELETE", "/_mock/faults")
+    assert.equal(503, status, body)
+    assert.truthy(head:lower():find("\r\nretry%-after: 1"), head)
+    assert.truthy(error_log():find("cannot read the postbacks of offer 77", 1, true))
+  end)
+
+  it("shows the dispatcher's counters", function()
+    local status, body = request(port, "GET", "/postback/stats")
+    assert.equal(200, status)
+    local s = cjson.decode(body)
+    assert.is_true(s.running)
+    assert.is_number(s.delivered)
+    assert.truthy(s.spool and s.spool.path:find("/spool/postback%-w%d+%-0%.spool$"), body)
+  end)
+
+  it("refuses private receivers unless the environment allows them, and logs every postback that fails", function()
+    local code = mock.url .. "/postback?click_id={click_id}&aff={aff_id}"
+    for aff = 1, 2 do
+      assert.equal(201, (request(port, "POST", "/admin/postbacks",
+        cjson.encode { offer_id = 5, affiliate_id = aff, type = 2, code = code })))
+    end
+    -- the same layout, without POSTBACK_ALLOW_PRIVATE: loopback is refused
+    local strict = gatewayproc.start { env = env() }
+    local ok, err = pcall(function()
+      local status = request(strict.port, "GET", "/conversion?click_id=c-blocked&offer_id=5")
+      assert.equal(202, status)
+      local log
+      for _ = 1, 100 do
+        log = strict:error_log()
+        if select(2, log:gsub("postback failed", "")) >= 2 then break end
+        socket.sleep(0.05)
+      end
+      assert.equal(2, select(2, log:gsub("postback failed: [^\n]*refused: 127%.0%.0%.1 is a loopback", "")), log)
+      assert.equal(0, #mock:received())
+    end)
+    strict:stop()
+    assert(ok, err)
+    -- allowed by network
+    local by_net = gatewayproc.start { env = env { POSTBACK_ALLOW_NETWORKS = "10.0.0.0/8, 127.0.0.0/8" } }
+    ok, err = pcall(function()
+      assert.equal(202, (request(by_net.port, "GET", "/conversion?click_id=c-net&offer_id=5")))
+      assert.equal(2, #received_at_least(2))
+    end)
+    by_net:stop()
+    assert(ok, err)
+    -- a receiver that refuses: logged once per postback, after its retries
+    mock:reset()
+    assert.equal(201, (request(port, "POST", "/admin/postbacks", cjson.encode {
+      offer_id = 6, affiliate_id = 1, type = 2, code = mock.url .. "/postback?click_id={click_id}&mock_fault=status&mock_status=404" })))
+    assert.equal(202, (request(port, "GET", "/conversion?click_id=c-404&offer_id=6")))
+    local log
+    for _ = 1, 100 do
+      log = error_log()
+      if log:find("c-404", 1, true) then break end
+      socket.sleep(0.05)
+    end
+    assert.equal(1, select(2, log:gsub("postback failed: [^\n]*c%-404", "")), log)
   end)
 end)

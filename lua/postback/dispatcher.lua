@@ -78,8 +78,16 @@ end
 -- spool_options (compact_after, max_record: see postback.spool), max_queue,
 -- on_result(result), on_attempt(info), on_error(info) (callbacks that
 -- raised; with a spool also its damaged records and failed compactions).
+-- Inside nginx (any phase but init) it is postback.ngx_dispatcher: the
+-- same API on cosockets, driven by a timer of each worker.
 -- @return dispatcher, or nil, err when the spool cannot be opened
 function M.new(opts)
+  if util.under_nginx() then
+    local given = type(opts) == "table" and opts.transport or nil
+    if given == nil or given == package.loaded["postback.transport.ngx"] then
+      return require("postback.ngx_dispatcher").new(opts)
+    end
+  end
   local o = fire.options(opts, 1, "dispatcher", M.OPTIONS, DEFAULTS)
   if o.header_error then return nil, o.header_error end
   local self = setmetatable({ opts = o, next_id = 0, delivered = 0, failed = 0, done_ids = {} }, Dispatcher)

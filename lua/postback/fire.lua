@@ -77,6 +77,15 @@ local function env_proxy()
   return false
 end
 
+local function nameservers_check(name, v)
+  if type(v) ~= "table" or #v == 0 then return ("option %s must be a list of addresses"):format(name) end
+  for _, ns in ipairs(v) do
+    if type(ns) ~= "string" or not ns:find("^[%x%.:%[%]]+$") then
+      return ("option %s must list addresses such as \"192.0.2.53\" or \"[2001:db8::53]:53\""):format(name)
+    end
+  end
+end
+
 local BREAKER = {
   failures = int(1, 1e6), cooldown = positive(1e7), on_change = { kind = "function" },
 }
@@ -117,6 +126,7 @@ M.OPTIONS = {
   allow_private = { kind = "boolean" },
   allow_networks = { kind = networks_check },
   allow_userinfo = { kind = "boolean" },
+  nameservers = { kind = nameservers_check },
   transport = { kind = "any" },
 }
 
@@ -218,6 +228,9 @@ function M.profile(o)
     -- the destination policy: every address checked at connect time
     destinations = true, allow_private = o.allow_private, allow_networks = o.allow_networks,
     allow_userinfo = o.allow_userinfo,
+    -- inside nginx, where postback resolves names itself (the C engine
+    -- uses the system's resolver)
+    nameservers = o.nameservers,
   }
 end
 
@@ -230,7 +243,7 @@ function M.job(url, o, headers)
   for k, v in pairs(headers) do merged[k] = v end
   local req = M.profile(o)
   req.concurrency, req.destinations, req.allow_private, req.allow_networks = nil, nil, nil, nil
-  req.allow_userinfo = nil
+  req.allow_userinfo, req.nameservers = nil, nil
   req.method, req.url, req.headers = "GET", url, merged
   return { req = req }
 end
