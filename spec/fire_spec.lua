@@ -345,6 +345,26 @@ describe("firing", function()
       d3:close()
     end)
 
+    it("does not keep a failure no later try can change (a 4xx, a blocked address)", function()
+      mock:fault { fault = "status", status = 404, times = 1, match = "/postback" }
+      local d = assert(postback.dispatcher { allow_private = true, spool = spool, retries = 2, backoff_base = 0.01 })
+      d:fire(code, { click_id = "gone" })
+      assert.is_true(d:wait(5))
+      assert.equal(1, d.failed)
+      d:close()
+      -- a destination the policy refuses ends as blocked_address, and is not kept either
+      local d2 = assert(postback.dispatcher { spool = spool, retries = 2 })
+      local id = assert(d2:fire(code, { click_id = "blocked" }))
+      assert.is_number(id)
+      assert.is_true(d2:wait(5))
+      assert.equal(1, d2.failed)
+      d2:close()
+      local d3 = assert(postback.dispatcher { allow_private = true, spool = spool })
+      assert.equal(0, d3.recovered)
+      d3:close()
+      assert.equal(1, #received()) -- the 404 was asked once; nothing reached it again
+    end)
+
     it("reports a torn last line and moves it out, never fatal", function()
       local d = assert(postback.dispatcher { allow_private = true, spool = spool })
       d:fire(code, { click_id = "t1" })

@@ -39,11 +39,6 @@ M.OPTIONS = {
   max_queue = { kind = "number", integer = true, min = 1, max = 1e9 },
 }
 
-local FIRE_OPTIONS = {
-  headers = { kind = "table" }, delay = { kind = "number", min = 0, max = 1e7 },
-  encode = { kind = "string", values = { "url", "none" } },
-  missing = { kind = "string", values = { "empty", "keep", "error" } },
-}
 
 -- A postback's final outcome (the executor's deliver).
 local function finish(self, job, value, err)
@@ -54,7 +49,9 @@ local function finish(self, job, value, err)
     -- a mark that cannot be written means a resend after a restart, never a loss
     if job.spooled then self.spool:done(job.id) end
   else
-    self.failed = self.failed + 1 -- stays in the spool for the next dispatcher
+    self.failed = self.failed + 1
+    -- what may still succeed stays in the spool for the next dispatcher
+    if job.spooled and fire.final_failure(r) then self.spool:done(job.id) end
   end
   if self.opts.on_result then self.opts.on_result(r) end
 end
@@ -98,11 +95,7 @@ function M.new(opts)
     per_host = o.per_host, per_host_rate = o.per_host_rate, breaker = o.breaker,
     judge = fire.judge(o),
     deliver = function(job, value, err) finish(self, job, value, err) end,
-    on_attempt = o.on_attempt and function(job, value, err)
-      local r = fire.result(job, value, err)
-      o.on_attempt { id = job.id, attempt = job.attempts, status = r.status, ok = r.ok,
-                     time = r.time, error = r.error, url = r.url }
-    end,
+    on_attempt = fire.attempt_reporter(o),
     on_error = o.on_error,
     -- 2xx answers of plain postbacks end in C: result, on_result, done ids
     sink = (o.on_attempt == nil) and { plain = o.plain, with_id = true, on_result = o.on_result,
@@ -147,15 +140,7 @@ end
 -- and missing.
 function Dispatcher:fire(target, values, opts)
   if self.closed then error("dispatcher is closed", 2) end
-  if target == nil then util.argerror(1, "fire", "URL, template or record expected, got nil", 2) end
-  if values ~= nil and type(values) ~= "table" then
-    util.argerror(2, "fire", "table expected, got " .. type(values), 2)
-  end
-  if opts ~= nil then
-    if type(opts) ~= "table" then util.argerror(3, "fire", "table expected, got " .. type(opts), 2) end
-    local problem = util.check_options(opts, FIRE_OPTIONS)
-    if problem then util.argerror(3, "fire", problem, 2) end
-  end
+  fire.check_dispatch(target, values, opts)
   local o = self.opts
   if o.max_queue and self:pending() >= o.max_queue then
     return nil, errors.new("transport", { code = "queue_full", retryable = true,

@@ -325,10 +325,17 @@ function Executor:start(job, now)
   return true
 end
 
+--- From now on nothing new starts; what is in flight finishes and is
+-- delivered (a worker shutting down).
+function Executor:stop()
+  self.stopped = true
+end
+
 --- Starts every job that may start now, within the concurrency bound.
 -- Plain items of a feed go to the transport in batches, up to twice the
 -- concurrency: the engine starts the queued ones itself as others finish.
 function Executor:fill()
+  if self.stopped then return end
   local now = core.now()
   local c = self.concurrency
   while self.ninflight + self.nfast < c do
@@ -532,6 +539,19 @@ function Executor:stats()
   return s
 end
 
+--- Moves finished outcomes ({tag, resp, err} tables) from a transport's
+-- list to the sink, for transports that collect them in Lua; returns how
+-- many there were.
+function M.hand_over(done, sink)
+  local slow = sink.slow
+  local n = #done
+  for i = 1, n do
+    slow[#slow + 1] = done[i]
+    done[i] = nil
+  end
+  return n
+end
+
 --- A transport over a blocking request function (the client's `transport`
 -- option): fn(req) -> resp | nil, err, or an object with :request(req).
 -- Each job runs when it is submitted; its outcome waits for the next wait.
@@ -557,14 +577,7 @@ function M.sync_transport(fn, profile)
     self.done[#self.done + 1] = { tag = job.tag, resp = resp, err = err }
     return true
   end
-  function t.wait(self, _, sink)
-    local n = #self.done
-    for i = 1, n do
-      sink.slow[#sink.slow + 1] = self.done[i]
-      self.done[i] = nil
-    end
-    return n
-  end
+  function t.wait(self, _, sink) return M.hand_over(self.done, sink) end
   function t.outcome(_, o) return o.resp, o.err end
   function t.sleep(_, s)
     local n = rawget(_G, "ngx")

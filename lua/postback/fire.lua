@@ -380,6 +380,46 @@ function M.fire_many(items, opts)
   return count
 end
 
+-- The options of one d:fire.
+local DISPATCH_OPTIONS = {
+  headers = { kind = "table" }, delay = { kind = "number", min = 0, max = 1e7 },
+  encode = { kind = "string", values = { "url", "none" } },
+  missing = { kind = "string", values = { "empty", "keep", "error" } },
+}
+
+--- Checks the arguments of a dispatcher's d:fire(target, values, opts),
+-- raising "bad argument" as d:fire's own (level: d:fire's caller).
+function M.check_dispatch(target, values, opts)
+  if target == nil then util.argerror(1, "fire", "URL, template or record expected, got nil", 3) end
+  if values ~= nil and type(values) ~= "table" then
+    util.argerror(2, "fire", "table expected, got " .. type(values), 3)
+  end
+  if opts ~= nil then
+    if type(opts) ~= "table" then util.argerror(3, "fire", "table expected, got " .. type(opts), 3) end
+    local problem = util.check_options(opts, DISPATCH_OPTIONS)
+    if problem then util.argerror(3, "fire", problem, 3) end
+  end
+end
+
+--- The executor's on_attempt for a dispatcher's on_attempt(info) option.
+function M.attempt_reporter(o)
+  local on_attempt = o.on_attempt
+  if not on_attempt then return nil end
+  return function(job, value, err)
+    local r = M.result(job, value, err)
+    on_attempt { id = job.id, attempt = job.attempts, status = r.status, ok = r.ok,
+                 time = r.time, error = r.error, url = r.url }
+  end
+end
+
+--- A final failure that no later try can change (a 4xx, a refused or
+-- blocked destination, an answer over the size cap): a spooled postback
+-- with it is not kept for the next dispatcher.
+function M.final_failure(r)
+  local e = r.error
+  return e ~= nil and e.retryable == false
+end
+
 --- Fires one postback: result (ok = true), or nil, err (err.attempts,
 -- err.status and err.body tell what happened).
 function M.fire(target, values, opts)

@@ -56,11 +56,6 @@ M.OPTIONS = {
   sync_interval = { kind = "number", above = 0, max = 60 },
 }
 
-local FIRE_OPTIONS = {
-  headers = { kind = "table" }, delay = { kind = "number", min = 0, max = 1e7 },
-  encode = { kind = "string", values = { "url", "none" } },
-  missing = { kind = "string", values = { "empty", "keep", "error" } },
-}
 
 local MAX_SLOTS = 64        -- spool files per worker id (generations alive at once)
 local SCAN_LOCKED = 1       -- seconds between looks at a spool another worker holds
@@ -118,7 +113,12 @@ local function finish(self, job, value, err)
       self.dirty = true
     end
   else
-    self.failed = self.failed + 1 -- stays in the spool for the next worker
+    self.failed = self.failed + 1
+    -- what may still succeed stays in the spool for the next worker
+    if job.spooled and self.spool and fire.final_failure(r) then
+      self.spool:done(job.id)
+      self.dirty = true
+    end
   end
   if self.opts.on_result then call(self, self.opts.on_result, r) end
 end
@@ -247,7 +247,7 @@ local function loop(self)
       self.grace_end = now + o.grace
       -- with a spool, only what is in flight is finished: the queue waits
       -- in the spool for the next worker (which takes it once we let go)
-      if self.spool then ex.concurrency = 0 end
+      if self.spool then ex:stop() end
       log(ngx.INFO, "worker exiting: ", self.npending, " postbacks pending, ", o.grace, " s to send them")
     end
     if self.grace_end and (self.npending == 0 or now >= self.grace_end
@@ -326,11 +326,7 @@ function M.new(opts)
     per_host = o.per_host, per_host_rate = o.per_host_rate, breaker = o.breaker,
     judge = fire.judge(o),
     deliver = function(job, value, err) finish(self, job, value, err) end,
-    on_attempt = o.on_attempt and function(job, value, err)
-      local r = fire.result(job, value, err)
-      o.on_attempt { id = job.id, attempt = job.attempts, status = r.status, ok = r.ok,
-                     time = r.time, error = r.error, url = r.url }
-    end,
+    on_attempt = fire.attempt_reporter(o),
     on_error = o.on_error,
   }
   if o.spool then
@@ -373,15 +369,7 @@ end
 -- "stopped" once the worker's loop ended; a spool that cannot be written).
 function Dispatcher:fire(target, values, opts)
   if self.closed then error("dispatcher is closed", 2) end
-  if target == nil then util.argerror(1, "fire", "URL, template or record expected, got nil", 2) end
-  if values ~= nil and type(values) ~= "table" then
-    util.argerror(2, "fire", "table expected, got " .. type(values), 2)
-  end
-  if opts ~= nil then
-    if type(opts) ~= "table" then util.argerror(3, "fire", "table expected, got " .. type(opts), 2) end
-    local problem = util.check_options(opts, FIRE_OPTIONS)
-    if problem then util.argerror(3, "fire", problem, 2) end
-  end
+  fire.check_dispatch(target, values, opts)
   local o = self.opts
   if self.stopped then
     self.refused = self.refused + 1

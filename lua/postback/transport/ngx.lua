@@ -665,12 +665,7 @@ end
 function M:wait(timeout, sink)
   ensure(self)
   if #self.done == 0 and timeout and timeout > 0 then wait_events(self, timeout) end
-  local n = #self.done
-  for i = 1, n do
-    sink.slow[#sink.slow + 1] = self.done[i]
-    self.done[i] = nil
-  end
-  return n
+  return require("postback.executor").hand_over(self.done, sink)
 end
 
 function M.outcome(_, o)
