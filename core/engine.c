@@ -653,8 +653,10 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
     return launch(e, x);
 }
 
-/* Starts a GET of url (checked and converted already) with the profile. */
-static int start_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user)
+/* An easy handle set up for a GET of url (checked and converted already)
+ * with the profile, in *out; PB_OK or PB_ENOMEM. */
+static int prepare_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user,
+                       xfer **out)
 {
     xfer *x = take_xfer(e);
     int https = pb_url_is_https(url, len);
@@ -678,7 +680,16 @@ static int start_get(pb_engine *e, const char *url, size_t len, unsigned long lo
         recycle(e, x);
         return PB_ENOMEM;
     }
-    return activate(e, x);
+    *out = x;
+    return PB_OK;
+}
+
+/* Starts a GET of url (checked and converted already) with the profile. */
+static int start_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user)
+{
+    xfer *x;
+    int rc = prepare_get(e, url, len, tag, user, &x);
+    return rc == PB_OK ? activate(e, x) : rc;
 }
 
 int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user,
@@ -710,7 +721,19 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
         pb_buf_free(&conv);
         return rc;
     }
-    /* No slot: wait in the queue, without an easy handle yet. */
+    /* No slot. A short queue takes idle pooled handles, set up now (the
+     * work is the same as at start); a long one holds URLs only, so a
+     * dispatcher owing a hundred thousand postbacks holds no more handles
+     * than it runs. */
+    if (!e->pend_head && e->free_list && e->nqueued < e->max_running) {
+        xfer *x;
+        rc = prepare_get(e, url, len, tag, user, &x);
+        pb_buf_free(&conv);
+        if (rc != PB_OK) return rc;
+        fifo_push(&e->queued_head, &e->queued_tail, x);
+        e->nqueued++;
+        return PB_OK;
+    }
     p = malloc(sizeof *p + len);
     if (!p) {
         pb_buf_free(&conv);
