@@ -39,12 +39,16 @@ end
 
 local rows = {
   { "rendering: t:render vs idiomatic pure Lua (gsub)", grab("render", "postback / pure%-Lua%s+([%d.]+x)"), ">= 8x" },
-  { "rendering: t:render vs the same render in pure C", grab("render", "postback / pure%-C%s+([%d.]+x)"), ">= 0.5x" },
-  { "firing: fire_many vs libcurl's C multi loop (wall)", grab("fire", "fire_many / libcurl multi %(C%):%s+([%d.]+)"), ">= 0.9" },
-  { "firing: libcurl C loop CPU / fire_many CPU per request", grab("fire", "C/fire_many = ([%d.]+)"), ">= 0.9" },
-  { "firing: fire_many vs sequential socket.http", grab("fire", "fire_many / socket.http:%s+([%d.]+)"), ">= 10 (see note)" },
-  { "firing: fire_many vs curl --parallel", grab("fire", "\ncurl %-%-parallel%s+%d+%s+([%d.]+)"), "-" },
-  { "firing: fire_many vs wrk (HTTP ceiling)", grab("fire", "fire_many / wrk:%s+([%d.]+)"), "0.5 (see note)" },
+  { "rendering: t:render vs the same render in pure C", grab("render", "postback / pure%-C%s+([%d.]+x)"), ">= 0.8x" },
+  { "rendering: one-shot postback.render vs t:render", grab("render", "1%-shot / t:render%s+([%d.]+x)"), ">= 0.6x" },
+  { "firing: fire_many vs libcurl's C loop, unique URLs", grab("fire", "fire_many / C multi loop, unique URLs:%s+([%d.]+)"), ">= 0.95" },
+  { "firing: fire_many vs libcurl's C loop, shared template", grab("fire", "fire_many / C multi loop, shared template:%s+([%d.]+)"), ">= 0.95" },
+  { "firing: fire_many vs a Lua-cURLv3 loop, unique URLs", grab("fire", "fire_many / Lua%-cURLv3, unique URLs:%s+([%d.a-z/]+)"), ">= 1.10" },
+  { "firing: fire_many vs a Lua-cURLv3 loop, shared template", grab("fire", "fire_many / Lua%-cURLv3, shared template:%s+([%d.a-z/]+)"), ">= 1.10" },
+  { "firing: dispatcher vs libcurl's C loop", grab("fire", "dispatcher / C multi loop, shared template:%s+([%d.]+)"), ">= 0.9" },
+  { "firing: CPU per request, fire_many | C loop (unique URLs)",
+    grab("fire", "\nfire_many, unique URLs%s+%d+%s+([%d.]+)") .. " | " .. grab("fire", "\nC multi loop, unique URLs%s+%d+%s+([%d.]+)") .. " us", "-" },
+  { "firing: fire_many vs wrk (HTTP ceiling)", grab("fire", "fire_many / wrk %(HTTP ceiling%):%s+([%d.]+)"), "-" },
   { "firing: libcurl's C loop vs wrk", grab("fire", "C multi loop itself reaches ([%d.]+) of wrk"), "-" },
   { "dispatcher:poll(0), 1,000 in flight, share of 16 ms", grab("fire", "= ([%d.]+%%) of a 16 ms frame"), "<= 1%" },
   { "migrate: concurrency 16 vs 1 (5 ms API latency)", grab("migrate", "ratio: ([%d.]+x)"), ">= 5x" },
@@ -85,10 +89,10 @@ print("\nmachine: " .. machine)
 local f = assert(io.open("bench/RESULTS.md", "w"))
 f:write("# Benchmark results\n\n", "Written by `make bench` on ", os.date("!%Y-%m-%d"), ".\n\n",
   "Machine: ", machine, "\n\n", table_text, "\n\n",
-  "Notes: the firing ratios are wall-clock rates on a shared 2-core machine, best of five runs,\n",
-  "so they move by 10-20% between runs; the CPU-per-request ratio is steadier. Sequential\n",
-  "socket.http on loopback is fast (no network latency), so >= 10x would need more than\n",
-  "libcurl's own C loop reaches here; wrk is the HTTP ceiling, not a libcurl peer.\n")
+  "Notes: the firing ratios are wall-clock rates on a shared 2-core machine, best of five\n",
+  "interleaved rounds, so they move by 10-20% between runs. The Lua-cURLv3 rows need its lcurl\n",
+  "module (point LCURL_CPATH at it); they read n/a without it. wrk is the HTTP ceiling, not a\n",
+  "libcurl peer.\n")
 for _, b in ipairs(benches) do
   f:write("\n## ", b.script, "\n\n```\n", outputs[b.name], "```\n")
 end
