@@ -52,7 +52,7 @@ end
 do
   truncate()
   local spool = tmp .. "/bench.spool"
-  local d = assert(postback.dispatcher { concurrency = C, retries = 0, spool = spool })
+  local d = assert(postback.dispatcher { concurrency = C, retries = 0, spool = spool, allow_private = true })
   local t0 = core.now()
   for i = 1, N do assert(d:fire(code, values(i))) end
   report("spool dispatcher: d:fire (enqueue)", N, core.now() - t0)
