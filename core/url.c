@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <idn2.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -443,6 +444,23 @@ int pb_url_is_loopback(const char *s, size_t n)
     return 0;
 }
 
+/* Bytes of a plain host: letters, other name bytes (digits - _ ~), dots. */
+enum { H_ALPHA = 1, H_NAME = 2, H_DOT = 3 };
+#define HOST_ROW(c) \
+    (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z') ? H_ALPHA : \
+     ((c) >= '0' && (c) <= '9') || (c) == '-' || (c) == '_' || (c) == '~' ? H_NAME : \
+     (c) == '.' ? H_DOT : 0)
+#define HOST_ROW4(c) HOST_ROW(c), HOST_ROW((c) + 1), HOST_ROW((c) + 2), HOST_ROW((c) + 3)
+#define HOST_ROW16(c) HOST_ROW4(c), HOST_ROW4((c) + 4), HOST_ROW4((c) + 8), HOST_ROW4((c) + 12)
+static const unsigned char host_class[256] = {
+    HOST_ROW16(0),   HOST_ROW16(16),  HOST_ROW16(32),  HOST_ROW16(48),
+    HOST_ROW16(64),  HOST_ROW16(80),  HOST_ROW16(96),  HOST_ROW16(112),
+    HOST_ROW16(128), HOST_ROW16(144), HOST_ROW16(160), HOST_ROW16(176),
+    HOST_ROW16(192), HOST_ROW16(208), HOST_ROW16(224), HOST_ROW16(240),
+};
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
 int pb_url_plain(const char *s, size_t n)
 {
     const char *p = s, *end = s + n, *h, *he, *auth_end;
@@ -459,16 +477,13 @@ int pb_url_plain(const char *s, size_t n)
     }
     /* the host: letters, digits, '.', '-', '_', '~' (no '%', '@', '[' or macro) */
     for (h = p; p < end; p++) {
-        unsigned char c = (unsigned char)*p;
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
-            if (label_start) alpha_label = 1;
-            label_start = 0;
-        } else if ((c >= '0' && c <= '9') || c == '-' || c == '_' || c == '~') {
-            label_start = 0;
-        } else if (c == '.') {
+        unsigned char k = host_class[(unsigned char)*p];
+        if (k == 0) break;
+        if (k == H_DOT) {
             label_start = 1;
         } else {
-            break;
+            alpha_label |= label_start & (k == H_ALPHA);
+            label_start = 0;
         }
     }
     he = p;
@@ -481,7 +496,13 @@ int pb_url_plain(const char *s, size_t n)
     }
     auth_end = p;
     if (auth_end < end && *auth_end != '/' && *auth_end != '?' && *auth_end != '#') return 0;
-    for (p = auth_end; p < end; p++) {
+    /* the rest: no byte outside 0x21-0x7e, eight at a time */
+    for (p = auth_end; end - p >= 8; p += 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        if (((w - ONES * 0x21u) & ~w & HIGHS) | (((w + ONES * (127u - 0x7eu)) | w) & HIGHS)) return 0;
+    }
+    for (; p < end; p++) {
         unsigned char c = (unsigned char)*p;
         if (c <= 0x20 || c >= 0x7f) return 0;
     }
