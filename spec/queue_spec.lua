@@ -57,6 +57,20 @@ describe("the queue", function()
     return list
   end
 
+  -- Runs bin/postback: its output (stdout and stderr) and exit status.
+  local function cli(args)
+    local out = os.tmpname()
+    local cmd = ("env LUA_PATH=%s LUA_CPATH=%s %s bin/postback %s >%s 2>&1"):format(
+      workerproc.shell_quote(package.path), workerproc.shell_quote(package.cpath), testenv.lua, args, out)
+    local ok, _, code = os.execute(cmd)
+    if type(ok) == "number" then code = ok / 256 end
+    local f = io.open(out)
+    local text = f:read("*a")
+    f:close()
+    os.remove(out)
+    return text, code
+  end
+
   local function worker(extra)
     local o = { redis = r.url, stream = stream, concurrency = 8, timeout = 2, allow_private = true,
                 move_interval = 0.05 }
@@ -241,18 +255,6 @@ describe("the queue", function()
       assert.equal(404, by.x2.status)
       assert.truthy(by.x2.error)
 
-      local function cli(args)
-        local out = os.tmpname()
-        local cmd = ("env LUA_PATH=%s LUA_CPATH=%s %s bin/postback %s >%s 2>&1"):format(
-          workerproc.shell_quote(package.path), workerproc.shell_quote(package.cpath), testenv.lua, args, out)
-        local ok, _, code = os.execute(cmd)
-        if type(ok) == "number" then code = ok / 256 end
-        local f = io.open(out)
-        local text = f:read("*a")
-        f:close()
-        os.remove(out)
-        return text, code
-      end
       local base = ("--redis %s --stream %s"):format(r.url, stream)
       local text, code = cli("dlq list " .. base)
       assert.equal(0, code)
@@ -417,6 +419,42 @@ describe("the queue", function()
       local w, err = postback.worker { redis = "redis://" }
       assert.is_nil(w)
       assert.equal("validation", err.kind)
+    end)
+  end)
+
+  describe("dead letters", function()
+    -- A dead letter as a worker writes it: its stream id.
+    local function dead_letter(c)
+      return r:cmd("XADD", stream .. ":dead", "*", "url", url(c), "id", c, "attempt", "3", "enqueued", "1",
+                   "status", "503", "error", "HTTP 503", "worker", "w1", "failed_at", "2")
+    end
+
+    it("replays an id given twice once; the command line exits 1 for ids that are not dead letters", function()
+      local q = assert(postback.queue { redis = r.url, stream = stream })
+      local a = dead_letter("a")
+      assert.equal(1, q:replay { a, a })
+      assert.equal(1, r:cmd("XLEN", stream))
+      assert.equal(0, r:cmd("XLEN", stream .. ":dead"))
+      local base = ("--redis %s --stream %s"):format(r.url, stream)
+      local b = dead_letter("b")
+      local text, code = cli(("dlq replay %s --id %s --id %s"):format(base, b, b))
+      assert.equal(0, code, text)
+      assert.equal("replayed 1\n", text)
+      assert.equal(2, r:cmd("XLEN", stream))
+      text, code = cli("dlq replay " .. base .. " --id 1-1")
+      assert.equal(1, code, text)
+      assert.truthy(text:find("replayed 0\n", 1, true), text)
+      assert.truthy(text:find("postback: 1 of 1 id is not a dead letter\n", 1, true), text)
+      local c = dead_letter("c")
+      text, code = cli(("dlq purge %s --id %s --id 1-1 --id %s --id 1-2"):format(base, c, c))
+      assert.equal(1, code, text)
+      assert.truthy(text:find("purged 1\n", 1, true), text)
+      assert.truthy(text:find("postback: 2 of 3 ids are not dead letters\n", 1, true), text)
+      assert.equal(0, r:cmd("XLEN", stream .. ":dead"))
+      text, code = cli("dlq purge " .. base .. " --id 1-1")
+      assert.equal(1, code, text)
+      assert.equal(2, r:cmd("XLEN", stream))
+      q:close()
     end)
   end)
 end)

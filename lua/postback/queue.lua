@@ -212,15 +212,21 @@ function Queue:dead(opts)
 end
 
 --- Puts dead letters back on the stream as new entries (no attempt made):
--- those with the given stream ids, or all of them. Returns the number
--- replayed, or nil, err.
+-- those with the given stream ids (an id given twice counts once), or all
+-- of them. Returns the number replayed, or nil, err.
 function Queue:replay(ids)
   if ids ~= nil and type(ids) ~= "table" then argerror(1, "replay", "table expected, got " .. type(ids)) end
   local k = self.keys
   if ids then
-    if #ids == 0 then return 0 end
-    local argv = { 0 }
-    for _, id in ipairs(ids) do argv[#argv + 1] = tostring(id) end
+    local argv, seen = { 0 }, {}
+    for _, id in ipairs(ids) do
+      id = tostring(id)
+      if not seen[id] then
+        seen[id] = true
+        argv[#argv + 1] = id
+      end
+    end
+    if #argv == 1 then return 0 end
     return self.conn:eval_call(qc.REPLAY, { k.stream, k.dead }, argv, self.timeout)
   end
   local total = 0

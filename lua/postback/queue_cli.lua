@@ -177,6 +177,22 @@ function M.worker(argv)
   return 0
 end
 
+-- Exit status 1 when some of the ids given were not dead letters (n of
+-- them were replayed or purged), else 0.
+local function missing_ids(ids, n)
+  if not ids then return 0 end
+  local distinct, seen = 0, {}
+  for _, id in ipairs(ids) do
+    if not seen[id] then
+      seen[id] = true
+      distinct = distinct + 1
+    end
+  end
+  if n >= distinct then return 0 end
+  return fail(1, ("%d of %d id%s %s"):format(distinct - n, distinct, distinct == 1 and "" or "s",
+    distinct - n == 1 and "is not a dead letter" or "are not dead letters"))
+end
+
 local DLQ_FLAGS = {
   redis = "string", stream = "string", count = "number", after = "string", id = "list",
   all = "flag", help = "flag",
@@ -214,10 +230,21 @@ function M.dlq(argv)
     end
   elseif action == "replay" then
     local n, rerr = q:replay(flags.id)
-    if not n then code = fail(1, first_line(rerr)) else io.write(("replayed %d\n"):format(n)) end
+    if not n then
+      code = fail(1, first_line(rerr))
+    else
+      io.write(("replayed %d\n"):format(n))
+      code = missing_ids(flags.id, n)
+    end
   else
-    local n, perr = q:purge((not flags.all) and flags.id or nil)
-    if not n then code = fail(1, first_line(perr)) else io.write(("purged %d\n"):format(n)) end
+    local ids = (not flags.all) and flags.id or nil
+    local n, perr = q:purge(ids)
+    if not n then
+      code = fail(1, first_line(perr))
+    else
+      io.write(("purged %d\n"):format(n))
+      code = missing_ids(ids, n)
+    end
   end
   q:close()
   return code
