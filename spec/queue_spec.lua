@@ -124,6 +124,19 @@ describe("the queue", function()
       q:close()
     end)
 
+    it("raises for every call after close", function()
+      local q = assert(postback.queue { redis = r.url, stream = stream })
+      assert(q:push("https://x.example/pb"))
+      q:close()
+      for _, call in ipairs {
+        function() q:push("https://x.example/pb") end, function() q:stats() end, function() q:dead() end,
+        function() q:replay() end, function() q:replay { "1-1" } end, function() q:purge() end,
+        function() q:purge { "1-1" } end, function() q:log() end,
+      } do
+        assert.has_error(call, "queue is closed")
+      end
+    end)
+
     it("answers nil, err for a bad URL, an unreachable or a silent Redis, within its timeout", function()
       local q, err = postback.queue { redis = "http://127.0.0.1:1" }
       assert.is_nil(q)

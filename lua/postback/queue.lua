@@ -193,6 +193,7 @@ end
 -- enqueued, failed_at, status, error}, or nil, err. opts: count (100),
 -- after (a stream id: the page after it).
 function Queue:dead(opts)
+  if self.closed then error("queue is closed", 2) end
   if opts ~= nil and type(opts) ~= "table" then argerror(1, "dead", "table expected, got " .. type(opts)) end
   opts = opts or {}
   local count = opts.count or 100
@@ -215,6 +216,7 @@ end
 -- those with the given stream ids (an id given twice counts once), or all
 -- of them. Returns the number replayed, or nil, err.
 function Queue:replay(ids)
+  if self.closed then error("queue is closed", 2) end
   if ids ~= nil and type(ids) ~= "table" then argerror(1, "replay", "table expected, got " .. type(ids)) end
   local k = self.keys
   if ids then
@@ -241,6 +243,7 @@ end
 --- Deletes dead letters: those with the given stream ids, or all of them.
 -- Returns the number deleted, or nil, err.
 function Queue:purge(ids)
+  if self.closed then error("queue is closed", 2) end
   if ids ~= nil and type(ids) ~= "table" then argerror(1, "purge", "table expected, got " .. type(ids)) end
   if ids then
     if #ids == 0 then return 0 end
@@ -258,6 +261,7 @@ end
 --- The delivery log, newest first: a list of {at, id, sid, url, attempt,
 -- status, outcome, error, seconds, worker}, or nil, err. opts: count (100).
 function Queue:log(opts)
+  if self.closed then error("queue is closed", 2) end
   if opts ~= nil and type(opts) ~= "table" then argerror(1, "log", "table expected, got " .. type(opts)) end
   local count = opts and opts.count or 100
   local list, err = self.conn:call({ "XREVRANGE", self.keys.log, "+", "-", "COUNT", math.floor(count) }, self.timeout)
