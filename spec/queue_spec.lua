@@ -192,6 +192,29 @@ describe("the queue", function()
       q:close()
     end)
 
+    it("logs and reports URLs whole, without their user info only", function()
+      local q = assert(postback.queue { redis = r.url, stream = stream })
+      local plain = mock.url .. "?c=at&email=a@b.com"
+      assert(q:push(plain))
+      -- user info is refused by push, but any client can add such an entry
+      r:cmd("XADD", stream, "*", "url", mock.url:gsub("//", "//u:secret@") .. "/postback?c=ui", "attempt", "0")
+      local results = {}
+      local w = worker { on_result = function(res) results[#results + 1] = res end }
+      assert.is_true(poll_until(w, function() return #results == 2 and w:stats().unacked == 0 end))
+      local urls = {}
+      for _, res in ipairs(results) do urls[#urls + 1] = res.url end
+      table.sort(urls)
+      local want = { mock.url .. "/postback?c=ui", plain }
+      table.sort(want)
+      assert.same(want, urls)
+      urls = {}
+      for _, e in ipairs(assert(q:log())) do urls[#urls + 1] = e.url end
+      table.sort(urls)
+      assert.same(want, urls)
+      w:close()
+      q:close()
+    end)
+
     it("never blocks in poll(0): Redis down, silent, or answering", function()
       local port = redisproc.free_port()
       local w = assert(postback.worker { redis = ("redis://127.0.0.1:%d"):format(port), stream = stream,

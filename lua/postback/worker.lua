@@ -75,11 +75,6 @@ local function host_of(url)
   return (h:gsub("^.*@", ""))
 end
 
-local function redact(url)
-  if url:find("@", 1, true) then return (url:gsub("^(%a[%w+.-]*://)[^/@]*@", "%1")) end
-  return url
-end
-
 local function ms(seconds)
   return ("%.0f"):format((seconds or 0) * 1000)
 end
@@ -344,10 +339,11 @@ function Worker:finish(e, r)
       out.m = list
     end
   end
+  local url = util.redact_url(e.url)
+  local outcome = kind == "a" and "delivered" or kind == "r" and "retry" or "dead"
   if self.log_max > 0 then
-    out.log = { "id", e.id, "sid", e.sid, "url", redact(e.url), "attempt", tostring(attempt),
-                "outcome", kind == "a" and "delivered" or kind == "r" and "retry" or "dead",
-                "status", tostring(r.status or 0), "ms", ms(r.time), "worker", self.consumer }
+    out.log = { "id", e.id, "sid", e.sid, "url", url, "attempt", tostring(attempt),
+                "outcome", outcome, "status", tostring(r.status or 0), "ms", ms(r.time), "worker", self.consumer }
     if message then
       out.log[#out.log + 1] = "error"
       out.log[#out.log + 1] = message
@@ -355,10 +351,8 @@ function Worker:finish(e, r)
   end
   self:outcome(out)
   if self.on_result then
-    self.on_result { ok = r.ok == true, status = r.status, error = err, url = redact(e.url), id = e.id,
-                     sid = e.sid, attempt = attempt, time = r.time,
-                     outcome = kind == "a" and "delivered" or kind == "r" and "retry" or "dead",
-                     retry_in = delay }
+    self.on_result { ok = r.ok == true, status = r.status, error = err, url = url, id = e.id,
+                     sid = e.sid, attempt = attempt, time = r.time, outcome = outcome, retry_in = delay }
   end
 end
 
