@@ -615,6 +615,33 @@ describe("postback command line", function()
     assert.matches("\n  dlq ", out)
   end)
 
+  it("worker and dlq read their flags as every other command does", function()
+    local url = "redis://127.0.0.1:1/0"
+    -- (--claim-idle 1, a usage error checked later, keeps a value taken by
+    -- mistake from starting a worker that would run until killed)
+    for _, case in ipairs {
+      { "worker --redis --stream s", "--redis needs a value" },
+      { "dlq list --redis", "--redis needs a value" },
+      { "worker --redis " .. url .. " -- extra", "worker takes no arguments, got extra" },
+      { "dlq --redis " .. url .. " -- list --count", "dlq list takes no other arguments, got --count" },
+      { "worker --redis " .. url .. " --concurrency 0x10 --claim-idle 1", "--concurrency takes an integer from 1 to 100000, got '0x10'" },
+      { "worker --redis " .. url .. " --concurrency 1e999", "--concurrency takes an integer" },
+      { "worker --redis " .. url .. " --concurrency 2.5", "--concurrency takes an integer" },
+      { "worker --redis " .. url .. " --timeout 0.0001", "--timeout takes a number from 0.001 to 1000000, got '0.0001'" },
+      { "worker --redis " .. url .. " --timeout 1" .. ("0"):rep(400), "--timeout takes a number" },
+      { "worker --redis " .. url .. " --connect-timeout 0", "--connect-timeout takes a number" },
+      { "worker --redis " .. url .. " --log-max -1", "--log-max takes an integer from 0" },
+      { "worker --redis " .. url .. " --retries 1e1 --claim-idle 1", "--retries takes" },
+      { "worker --redis " .. url .. " --retry-schedule 5,1e999 --claim-idle 1", "--retry-schedule" },
+      { "worker --redis " .. url .. " --allow-network banana", "allow_networks" },
+      { "dlq list --redis " .. url .. " --count 0", "--count takes an integer from 1" },
+      { "dlq list --redis " .. url .. " --count 0x10", "--count takes an integer from 1" },
+    } do
+      local out, err, rc = run(case[1])
+      assert_usage(case[1], out, err, rc, case[2])
+    end
+  end)
+
   it("has --help for every command", function()
     for _, cmd in ipairs { "list", "get", "create", "update", "status", "delete", "export", "import",
                            "migrate", "validate", "render", "fire", "mock" } do

@@ -5,6 +5,8 @@
 --   postback worker --redis URL [--stream S] [--group G] [--concurrency N] [--timeout S]
 --                   [--allow-private] [--allow-network CIDR]... [--metrics HOST:PORT] ...
 --   postback dlq list|replay|purge --redis URL [--stream S] ...
+local util = require "postback.util"
+
 local M = {}
 
 local WORKER_HELP = [[
@@ -39,12 +41,33 @@ local function fail(code, msg)
   return code
 end
 
--- Strict flags: spec maps a name to "string", "number", "flag" or "list".
+-- A value as it appears in a message: quoted, control bytes replaced.
+local function quote(v)
+  return "'" .. tostring(v):gsub("%c", "?") .. "'"
+end
+
+-- A number flag's value, checked as bin/postback checks its own: the
+-- number, or nil and the message. r = {min, max, integer = true}.
+local function number(name, value, r)
+  local n = util.decimal(value, r.integer)
+  if n and n >= r[1] and n <= r[2] then return n end
+  return nil, ("--%s takes %s from %s to %s, got %s"):format(name, r.integer and "an integer" or "a number",
+    r[1], r[2], quote(value))
+end
+
+-- Strict flags, read as bin/postback reads those of the other commands:
+-- --name VALUE or --name=VALUE (a value taken from the next argument does
+-- not start with --), -h for --help, and -- ends the flags. spec maps a
+-- name to "string", "flag", "list" or a number range (see number).
 -- Returns flags, positional arguments; or nil, message.
 local function parse(argv, spec)
   local flags, args, i = {}, {}, 1
   while i <= #argv do
     local a = argv[i]
+    if a == "--" then
+      for j = i + 1, #argv do args[#args + 1] = argv[j] end
+      break
+    end
     local name, value = a:match("^%-%-([%w-]+)=(.*)$")
     if not name then name = a:match("^%-%-([%w-]+)$") end
     if a == "-h" then name = "help" end
@@ -58,11 +81,11 @@ local function parse(argv, spec)
         if value == nil then
           i = i + 1
           value = argv[i]
-          if value == nil then return nil, "--" .. name .. " needs a value" end
+          if value == nil or value:sub(1, 2) == "--" then return nil, "--" .. name .. " needs a value" end
         end
-        if kind == "number" then
-          local n = tonumber(value)
-          if not n or n ~= n or n < 0 then return nil, "--" .. name .. " needs a non-negative number, got " .. value end
+        if type(kind) == "table" then
+          local n, err = number(name, value, kind)
+          if not n then return nil, err end
           value = n
         end
         if kind == "list" then
@@ -86,12 +109,23 @@ local function first_line(err)
   return (tostring(err):match("^[^\n]*"))
 end
 
+-- An error the library raised, as one line for the command line: what was
+-- wrong, without the Lua file and line or the "bad argument" around it.
+local function raised(err)
+  local msg = first_line(err)
+  return msg:match("bad argument #%d+ to '[^']*' %((.*)%)$") or (msg:gsub("^[^%s:]+%.lua:%d+: ", ""))
+end
+
+-- The ranges of the library's own checks (the dispatcher's concurrency,
+-- the transfer's timeouts), so that a value the command line takes is one
+-- the worker takes.
 local WORKER_FLAGS = {
   redis = "string", stream = "string", group = "string", consumer = "string",
-  concurrency = "number", timeout = "number", ["connect-timeout"] = "number",
-  retries = "number", ["retry-schedule"] = "string", ["claim-idle"] = "number",
+  concurrency = { 1, 100000, integer = true }, timeout = { 0.001, 1000000 },
+  ["connect-timeout"] = { 0.001, 1000000 }, retries = { 0, 1000000, integer = true },
+  ["retry-schedule"] = "string", ["claim-idle"] = { 0, 10000000 },
   ["allow-private"] = "flag", ["allow-network"] = "list", header = "list",
-  ["log-max"] = "number", metrics = "string", quiet = "flag", help = "flag",
+  ["log-max"] = { 0, 1000000000, integer = true }, metrics = "string", quiet = "flag", help = "flag",
 }
 
 --- postback worker ...: runs a worker until it is interrupted.
@@ -110,15 +144,13 @@ function M.worker(argv)
     retries = flags.retries, claim_idle = flags["claim-idle"], log_max = flags["log-max"],
     metrics = flags.metrics,
   }
-  if flags.concurrency and (flags.concurrency < 1 or flags.concurrency ~= math.floor(flags.concurrency)) then
-    return fail(2, "--concurrency needs a whole number >= 1")
-  end
-  if flags.timeout == 0 then return fail(2, "--timeout needs a positive number") end
   if flags["retry-schedule"] then
     local list = {}
     for item in (flags["retry-schedule"] .. ","):gmatch("([^,]*),") do
-      local n = tonumber(item)
-      if not n or n < 0 then return fail(2, "--retry-schedule needs seconds separated by commas, e.g. 5,300,1800") end
+      local n = util.decimal(item)
+      if not n or n > 10000000 then
+        return fail(2, "--retry-schedule needs seconds separated by commas, e.g. 5,300,1800")
+      end
       list[#list + 1] = n
     end
     opts.retry_schedule = list
@@ -142,7 +174,7 @@ function M.worker(argv)
 
   local postback = require "postback"
   local ok, w, err = pcall(postback.worker, opts)
-  if not ok then return fail(2, first_line(w):gsub("^.-bad argument #1 to 'worker' %((.*)%)$", "%1")) end
+  if not ok then return fail(2, raised(w)) end
   if not w then
     return fail(err.kind == "validation" and 2 or 1, first_line(err))
   end
@@ -194,7 +226,7 @@ local function missing_ids(ids, n)
 end
 
 local DLQ_FLAGS = {
-  redis = "string", stream = "string", count = "number", after = "string", id = "list",
+  redis = "string", stream = "string", count = { 1, 1000000000, integer = true }, after = "string", id = "list",
   all = "flag", help = "flag",
 }
 
@@ -217,7 +249,7 @@ function M.dlq(argv)
   end
   local postback = require "postback"
   local ok, q, err = pcall(postback.queue, { redis = flags.redis, stream = flags.stream })
-  if not ok then return fail(2, first_line(q)) end
+  if not ok then return fail(2, raised(q)) end
   if not q then return fail(err.kind == "validation" and 2 or 1, first_line(err)) end
   local json = require "postback.json"
   local code = 0

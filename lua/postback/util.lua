@@ -44,6 +44,14 @@ function M.tostr(v)
   return tostring(v)
 end
 
+--- A number as the command line takes it: decimal digits, with one point
+-- inside or before them unless integer ("10", "0.5", ".5"; no sign,
+-- exponent, hex, inf or nan), or nil.
+function M.decimal(s, integer)
+  if type(s) ~= "string" or not s:match(integer and "^%d+$" or "^%d*%.?%d+$") then return nil end
+  return tonumber(s)
+end
+
 --- The closest of names to word (at most two edits away), or nil.
 function M.closest(word, names)
   if type(word) ~= "string" then return nil end
