@@ -652,6 +652,12 @@ describe("postback command line", function()
       assert.equal(0, rc, err)
       assert.matches("^postback " .. cmd, out)
     end
+    -- worker and dlq: their own help, --help before or after the name
+    for _, cmd in ipairs { "worker --help", "--help worker", "-h worker", "dlq list -h", "--help dlq list" } do
+      local out, err, rc = run(cmd)
+      assert.equal(0, rc, err)
+      assert.matches("^usage: postback " .. (cmd:find("dlq", 1, true) and "dlq" or "worker"), out)
+    end
     local out, _, rc = run("--help")
     assert.equal(0, rc)
     assert.matches("commands:", out)
