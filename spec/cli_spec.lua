@@ -642,6 +642,15 @@ describe("postback command line", function()
     end
   end)
 
+  it("prints errors raised by the command line itself without its file and line", function()
+    local fake = 'package.preload["postback.queue_cli"] = function() return { '
+      .. 'worker = function() error("the worker failed", 2) end } end'
+    local out, err, rc = run("worker", { lua = fake })
+    assert.equal(1, rc)
+    assert.equal("", out)
+    assert.equal("postback: the worker failed\n", err)
+  end)
+
   it("has --help for every command", function()
     for _, cmd in ipairs { "list", "get", "create", "update", "status", "delete", "export", "import",
                            "migrate", "validate", "render", "fire", "mock" } do
