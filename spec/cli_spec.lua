@@ -560,6 +560,9 @@ describe("postback command line", function()
       { "render" }, { "render x --missing maybe", "--missing" }, { "render x --encode base64" }, { "render x y" },
       { "fire" }, { "fire http://x.example/ --retries many" }, { "fire http://x.example/ --timeout -1" },
       { "fire http://x.example/ --allow-network 10.0.0.0/33" }, { "fire http://x.example/ --allow-network banana" },
+      { "fire http://x.example/ --allow-network 1:2/8", "--allow-network" },
+      { "fire http://x.example/ --allow-network 1::2::3/64", "--allow-network" },
+      { "fire http://x.example/ --allow-network 01.2.3.4/8", "--allow-network" },
       { "mock --prot 0", "did you mean --port?" }, { "mock --port 70000" }, { "mock --latency slow" },
       { "--network" },
     } do
