@@ -312,7 +312,7 @@ describe("postback command line", function()
     assert.equal("not a JSON object", by_line[5][1].message)
     local unknown
     for _, p in ipairs(by_line[6]) do if p.code == "unknown_field" then unknown = p end end
-    assert.matches("did you mean affiliate_id", unknown.message, 1, true)
+    assert.equal(1, select(2, unknown.message:gsub("did you mean affiliate_id", "")), unknown.message)
     assert.is_nil(by_line[7]) -- an exported postback: pending is its state
     assert.equal("invalid_status", by_line[8][1].code) -- one to create: pending cannot be set
     assert.is_nil(by_line[9])
