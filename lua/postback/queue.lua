@@ -23,25 +23,28 @@ local Queue = {}
 Queue.__index = Queue
 Queue.__name = "postback.queue"
 
-local function argerror(n, fname, msg)
-  util.argerror(n, fname, msg, 4)
+-- Raises "bad argument"; level as error() would take it in the function
+-- that calls this one (default 2: that function's caller is to blame).
+local function argerror(n, fname, msg, level)
+  util.argerror(n, fname, msg, (level or 2) + 1)
 end
 
 --- Reads the options the queue and the workers share: the parsed Redis
 -- URL, the stream and group names, the Redis timeout. Raises on wrong
 -- types; returns nil, err for a bad URL.
 function M.common(opts, fname)
-  if type(opts) ~= "table" then argerror(1, fname, "table expected, got " .. type(opts)) end
-  if type(opts.redis) ~= "string" then argerror(1, fname, "option redis must be a URL string") end
+  -- the caller of postback.queue or postback.worker is to blame
+  if type(opts) ~= "table" then argerror(1, fname, "table expected, got " .. type(opts), 3) end
+  if type(opts.redis) ~= "string" then argerror(1, fname, "option redis must be a URL string", 3) end
   for _, k in ipairs { "stream", "group" } do
     local v = opts[k]
     if v ~= nil and (type(v) ~= "string" or v == "" or v:find("[%c%s]")) then
-      argerror(1, fname, "option " .. k .. " must be a name without spaces")
+      argerror(1, fname, "option " .. k .. " must be a name without spaces", 3)
     end
   end
   local rt = opts.redis_timeout
   if rt ~= nil and (type(rt) ~= "number" or rt ~= rt or rt <= 0) then
-    argerror(1, fname, "option redis_timeout must be a positive number")
+    argerror(1, fname, "option redis_timeout must be a positive number", 3)
   end
   local target, err = qc.parse_url(opts.redis)
   if not target then return nil, err end

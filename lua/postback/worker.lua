@@ -57,15 +57,17 @@ local MIN_MARGIN = 5
 -- Latency buckets of the per-host histogram (seconds).
 local BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 }
 
-local function argerror(msg)
-  util.argerror(1, "worker", msg, 4)
+-- Raises "bad argument" to 'worker'; level as error() would take it in the
+-- function that calls this one (default 2: that function's caller).
+local function argerror(msg, level)
+  util.argerror(1, "worker", msg, (level or 2) + 1)
 end
 
 local function positive(opts, k, allow_zero)
   local v = opts[k]
   if v == nil then return DEFAULTS[k] end
   if type(v) ~= "number" or v ~= v or v < 0 or (v == 0 and not allow_zero) then
-    argerror("option " .. k .. " must be a " .. (allow_zero and "non-negative" or "positive") .. " number")
+    argerror("option " .. k .. " must be a " .. (allow_zero and "non-negative" or "positive") .. " number", 3)
   end
   return v
 end
