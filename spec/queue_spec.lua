@@ -153,6 +153,18 @@ describe("the queue", function()
       q:close()
     end)
 
+    it("checks the count of dead and log alike", function()
+      local q = assert(postback.queue { redis = r.url, stream = stream })
+      for _, name in ipairs { "dead", "log" } do
+        for _, count in ipairs { "x", 0, -1 } do
+          assert.has_error(function() q[name](q, { count = count }) end,
+            ("bad argument #1 to '%s' (option count must be a positive number)"):format(name))
+        end
+        assert.same({}, assert(q[name](q, { count = 1.5 })))
+      end
+      q:close()
+    end)
+
     it("raises for every call after close", function()
       local q = assert(postback.queue { redis = r.url, stream = stream })
       assert(q:push("https://x.example/pb"))

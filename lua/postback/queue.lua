@@ -267,6 +267,7 @@ function Queue:log(opts)
   if self.closed then error("queue is closed", 2) end
   if opts ~= nil and type(opts) ~= "table" then argerror(1, "log", "table expected, got " .. type(opts)) end
   local count = opts and opts.count or 100
+  if type(count) ~= "number" or count < 1 then argerror(1, "log", "option count must be a positive number") end
   local list, err = self.conn:call({ "XREVRANGE", self.keys.log, "+", "-", "COUNT", math.floor(count) }, self.timeout)
   if not list then return nil, err end
   local out = {}
