@@ -506,6 +506,26 @@ describe("the queue", function()
                    "status", "503", "error", "HTTP 503", "worker", "w1", "failed_at", "2")
     end
 
+    it("counts every dead letter a purge of all deletes, one a worker adds meanwhile too", function()
+      local q = assert(postback.queue { redis = r.url, stream = stream })
+      dead_letter("p1")
+      dead_letter("p2")
+      -- a worker dead-letters one more as soon as the purge has had its first answer
+      local call, added = q.conn.call, false
+      q.conn.call = function(...)
+        local v, err = call(...)
+        if not added then
+          added = true
+          dead_letter("p3")
+        end
+        return v, err
+      end
+      local purged = assert(q:purge())
+      -- each of the three was either counted and deleted, or is still there
+      assert.equal(3, purged + r:cmd("XLEN", stream .. ":dead"))
+      q:close()
+    end)
+
     it("replays an id given twice once; the command line exits 1 for ids that are not dead letters", function()
       local q = assert(postback.queue { redis = r.url, stream = stream })
       local a = dead_letter("a")

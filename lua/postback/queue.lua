@@ -254,11 +254,7 @@ function Queue:purge(ids)
     for _, id in ipairs(ids) do args[#args + 1] = tostring(id) end
     return self.conn:call(args, self.timeout)
   end
-  local n, err = self.conn:call({ "XLEN", self.keys.dead }, self.timeout)
-  if not n then return nil, err end
-  local ok, derr = self.conn:call({ "DEL", self.keys.dead }, self.timeout)
-  if not ok then return nil, derr end
-  return n
+  return self.conn:eval_call(qc.PURGE, { self.keys.dead }, {}, self.timeout)
 end
 
 --- The delivery log, newest first: a list of {at, id, sid, url, attempt,

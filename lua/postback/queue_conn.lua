@@ -518,6 +518,13 @@ end
 return #entries
 ]=]
 
+--- Deletes every dead letter. KEYS: dead. Returns how many there were.
+M.PURGE = [=[
+local n = redis.call('XLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+return n
+]=]
+
 --- Runs a script with EVAL: value, or nil, err (as call).
 function Conn:eval_call(script, keys, argv, timeout)
   local args = { "EVAL", script, #keys }
