@@ -74,7 +74,6 @@ function M.new(opts)
   return setmetatable({
     conn = conn, stream = c.stream, group = c.group, keys = qc.keys(c.stream),
     timeout = t or c.redis_timeout, prefix = prefix, count = 0,
-    templates = setmetatable({}, { __mode = "v" }),
   }, Queue)
 end
 
@@ -86,7 +85,7 @@ local template_mt = core.template_mt
 
 -- Renders a target (a URL with macros, a template or a postback record)
 -- and checks the URL: url, or nil, err.
-local function render(self, target, values, opts)
+local function render(target, values, opts)
   local t = target
   if type(target) == "table" then
     local ty = target.type
@@ -105,17 +104,7 @@ local function render(self, target, values, opts)
   end
   local ropts
   if opts.encode or opts.missing then ropts = { encode = opts.encode, missing = opts.missing } end
-  local url, err
-  if type(t) == "userdata" and getmetatable(t) == template_mt then
-    url, err = t:render(values, ropts)
-  else
-    local tpl = self.templates[t]
-    if not tpl then
-      tpl = core.template(t)
-      self.templates[t] = tpl
-    end
-    url, err = tpl:render(values, ropts)
-  end
+  local url, err = core.render(t, values, ropts)
   if not url then return nil, err end
   local ok, why = core.check_url(url)
   if not ok then
@@ -143,7 +132,7 @@ function Queue:push(target, values, opts)
     argerror(3, "push", "option id must be a non-empty string")
   end
   if opts.headers ~= nil and type(opts.headers) ~= "table" then argerror(3, "push", "option headers must be a table") end
-  local url, err = render(self, target, values, opts)
+  local url, err = render(target, values, opts)
   if not url then return nil, err end
   local headers
   if opts.headers and next(opts.headers) then
