@@ -203,7 +203,6 @@ end
 -- A Redis error reply to one of our commands.
 function Worker:redis_error(rerr)
   if rerr:find("^NOGROUP") then
-    self.nogroup = (self.nogroup or 0) + 1
     self:ensure_group()
   else
     self.last_error = "Redis: " .. rerr
@@ -295,11 +294,7 @@ function Worker:finish(e, r)
     counts.delivered = counts.delivered + 1
   else
     counts.failed = counts.failed + 1
-    if err and err.retryable then
-      local ra = err.retry_after
-      if type(ra) == "string" then ra = retry.retry_after(ra) end
-      delay = retry.delay(self.policy, attempt, type(ra) == "number" and ra or nil)
-    end
+    if err and err.retryable then delay = retry.delay(self.policy, attempt, err.retry_after) end
     if delay then
       kind = "r"
       counts.retried = counts.retried + 1
@@ -572,10 +567,8 @@ function Worker:poll(timeout)
     local busy_redis = conn.c ~= nil and (conn:outstanding() > 0 or conn.state ~= "ready")
     if self.d:pending() > 0 then
       if busy_redis then conn:wait(math.min(slice, 0.002)) else self.d:poll(slice) end
-    elseif conn.c then
-      conn:wait(slice)
     else
-      conn:wait(slice) -- sleeps until the next connect try
+      conn:wait(slice) -- for Redis, or asleep until the next connect try
     end
     self:step()
   end
