@@ -176,9 +176,7 @@ function Queue:stats()
   local k = self.keys
   local v, err = self.conn:eval_call(qc.STATS, { k.stream, k.delayed, k.dead }, { self.group }, self.timeout)
   if not v then return nil, err end
-  local age = number(v[5])
-  return { ready = number(v[1]), pending = number(v[2]), delayed = number(v[3]), dead = number(v[4]),
-           oldest_age = age < 0 and 0 or age / 1000 }
+  return qc.stats(v)
 end
 
 --- Dead letters, oldest first: a list of {sid, id, url, headers, attempt,

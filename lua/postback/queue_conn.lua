@@ -489,6 +489,12 @@ end
 return {len - pending, pending, redis.call('ZCARD', Z), redis.call('XLEN', D), oldest}
 ]=]
 
+--- The STATS reply as {ready, pending, delayed, dead, oldest_age} (seconds,
+-- 0 for an empty stream).
+function M.stats(v)
+  return { ready = v[1], pending = v[2], delayed = v[3], dead = v[4], oldest_age = v[5] < 0 and 0 or v[5] / 1000 }
+end
+
 --- Dead letters back to the stream, as new entries with no attempt made.
 -- KEYS: stream, dead; ARGV: limit, then ids (none: the oldest `limit`).
 -- Returns the number replayed.

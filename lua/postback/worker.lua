@@ -517,10 +517,7 @@ function Worker:refresh_stats(now)
   self.stats_busy = true
   self.conn:eval_send(qc.STATS, { k.stream, k.delayed, k.dead }, { self.group }, function(v)
     self.stats_busy = false
-    if type(v) == "table" then
-      self.qstats = { ready = v[1], pending = v[2], delayed = v[3], dead = v[4],
-                      oldest_age = v[5] < 0 and 0 or v[5] / 1000 }
-    end
+    if type(v) == "table" then self.qstats = qc.stats(v) end
   end)
 end
 
