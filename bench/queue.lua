@@ -110,6 +110,7 @@ do
   report("queue: end to end, 2 worker processes", received(), core.now() - t0)
   for _, pid in ipairs(pids) do workerproc.kill(pid) end
   q:close()
+  assert(received() == N, "the workers delivered " .. received())
 end
 r:stop()
 rx:stop()
