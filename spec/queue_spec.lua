@@ -150,13 +150,16 @@ describe("the queue", function()
       blames(function() postback.worker { redis = r.url, on_result = 1 } end, debug.getinfo(1, "l").currentline)
       blames(function() postback.worker { redis = r.url, consumer = "" } end, debug.getinfo(1, "l").currentline)
       blames(function() postback.worker { redis = r.url, metrics = 1 } end, debug.getinfo(1, "l").currentline)
+      blames(function() postback.worker { redis = r.url, log_max = math.huge } end, debug.getinfo(1, "l").currentline)
+      assert.has_error(function() postback.worker { redis = r.url, log_max = 2 ^ 60 } end,
+        "bad argument #1 to 'worker' (option log_max must be at most 2^53 entries)")
       q:close()
     end)
 
     it("checks the count of dead and log alike", function()
       local q = assert(postback.queue { redis = r.url, stream = stream })
       for _, name in ipairs { "dead", "log" } do
-        for _, count in ipairs { "x", 0, -1 } do
+        for _, count in ipairs { "x", 0, -1, 0 / 0, math.huge, 2 ^ 60 } do
           assert.has_error(function() q[name](q, { count = count }) end,
             ("bad argument #1 to '%s' (option count must be a positive number)"):format(name))
         end

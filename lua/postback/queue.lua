@@ -179,17 +179,26 @@ function Queue:stats()
   return qc.stats(v)
 end
 
+-- The count option of dead and log (default 100), whole: raises for a
+-- bad one, blaming the caller of fname.
+local function page_count(opts, fname)
+  if opts ~= nil and type(opts) ~= "table" then argerror(1, fname, "table expected, got " .. type(opts), 3) end
+  local count = opts and opts.count or 100
+  if type(count) ~= "number" or not (count >= 1 and count <= 2^53) then
+    argerror(1, fname, "option count must be a positive number", 3)
+  end
+  return math.floor(count)
+end
+
 --- Dead letters, oldest first: a list of {sid, id, url, headers, attempt,
 -- enqueued, failed_at, status, error}, or nil, err. opts: count (100),
 -- after (a stream id: the page after it).
 function Queue:dead(opts)
   if self.closed then error("queue is closed", 2) end
-  if opts ~= nil and type(opts) ~= "table" then argerror(1, "dead", "table expected, got " .. type(opts)) end
   opts = opts or {}
-  local count = opts.count or 100
-  if type(count) ~= "number" or count < 1 then argerror(1, "dead", "option count must be a positive number") end
+  local count = page_count(opts, "dead")
   local start = opts.after and ("(" .. opts.after) or "-"
-  local list, err = self.conn:call({ "XRANGE", self.keys.dead, start, "+", "COUNT", math.floor(count) }, self.timeout)
+  local list, err = self.conn:call({ "XRANGE", self.keys.dead, start, "+", "COUNT", count }, self.timeout)
   if not list then return nil, err end
   local out = {}
   for i, e in ipairs(list) do
@@ -248,10 +257,8 @@ end
 -- status, outcome, error, seconds, worker}, or nil, err. opts: count (100).
 function Queue:log(opts)
   if self.closed then error("queue is closed", 2) end
-  if opts ~= nil and type(opts) ~= "table" then argerror(1, "log", "table expected, got " .. type(opts)) end
-  local count = opts and opts.count or 100
-  if type(count) ~= "number" or count < 1 then argerror(1, "log", "option count must be a positive number") end
-  local list, err = self.conn:call({ "XREVRANGE", self.keys.log, "+", "-", "COUNT", math.floor(count) }, self.timeout)
+  local count = page_count(opts, "log")
+  local list, err = self.conn:call({ "XREVRANGE", self.keys.log, "+", "-", "COUNT", count }, self.timeout)
   if not list then return nil, err end
   local out = {}
   for i, e in ipairs(list) do

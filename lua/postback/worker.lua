@@ -125,6 +125,8 @@ function M.new(opts)
     argerror("option metrics must be \"HOST:PORT\"")
   end
   local log_max = positive(opts, "log_max", true)
+  -- the flush script trims the log to it: a whole number Redis reads
+  if log_max > 2^53 then argerror("option log_max must be at most 2^53 entries") end
 
   local driver, derr = qc.driver()
   if not driver then return nil, derr end
