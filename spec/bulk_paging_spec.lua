@@ -11,10 +11,14 @@
 --     and by a second process: what existed at the start and was not
 --     deleted is seen exactly once, nothing twice;
 --   * such a migration killed with kill -9 and resumed with its journal,
---     and the README's migration recipe the same way.
+--     and the README's migration recipe the same way;
+--   * a server that ignores the key cursor (the same ids on every page, or
+--     ids in descending order): a decode error within two pages.
 local postback = require "postback"
 local core = require "postback.core"
 local cjson = require("cjson.safe")
+local child = require "child"
+local hostile = require "hostile"
 local mockproc = require "mockproc"
 local testenv = require "testenv"
 
@@ -458,5 +462,41 @@ describe("bulk jobs page by key", function()
       assert_moved(mock, c, 1, n, "https://" .. NEW .. "/pb?c={click_id}&s={aff_sub1}")
       os.execute("rm -rf " .. q(dir))
     end)
+  end)
+
+  describe("a server that ignores the key cursor", function()
+    local server
+
+    setup(function() server = hostile.start() end)
+    teardown(function() if server then server:stop() end end)
+
+    -- totalRows 5, pages of 2: ids 1, 2 on every page, or each page's ids
+    -- from high to low
+    for _, variant in ipairs { "ignore-after", "desc" } do
+      it(("ids out of order (%s) are a decode error within two pages"):format(variant), function()
+        local r = child.run([[
+          local postback = require "postback"
+          local c = assert(postback.client { network = "pages", api_key = "pages-key", base_url = ...,
+            timeout = 5, retries = 0 })
+          local n = 0
+          local ok, err = pcall(function()
+            for _ in c:each { limit = 2 } do
+              n = n + 1
+              if n >= 1000 then error("runaway: 1000 rows", 0) end
+            end
+          end)
+          return { n = n, ok = ok, err = err, err_type = type(err) }
+        ]], { args = { server.url .. "/list/" .. variant }, limit = 10 })
+        assert(not r.timed_out and r.raised == nil, child.describe(r))
+        local v = r.value
+        assert(not v.ok, ("the iteration ended without error after %d rows"):format(v.n))
+        assert.equal("table", v.err_type, tostring(v.err))
+        assert.equal("decode", v.err.kind, v.err.text)
+        assert.matches("out of id order", v.err.message, 1, true)
+        local pages = server:count("/list/" .. variant .. "/v1/affiliate_postbacks")
+        assert.is_true(pages <= 2, pages .. " pages read")
+        assert.is_true(v.n <= 2, v.n .. " rows read")
+      end)
+    end
   end)
 end)

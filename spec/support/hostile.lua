@@ -31,7 +31,10 @@
 --                          totalPages is, by VARIANT: null, inf (1e309), huge
 --                          (1000000), neg (-1), frac (2.5), string ("3");
 --                          rowset-object and rowset-string send a rowset that
---                          is not an array (totalPages 1)
+--                          is not an array (totalPages 1); ignore-after and
+--                          desc ignore the key cursor (filters[id][GREATER_THAN]):
+--                          ids 1..limit on every page, or each page's ids in
+--                          descending order (totalPages agrees with totalRows)
 --
 -- Control (not counted): GET /_hostile/counts ({path = requests received,
 -- query left out}), POST /_hostile/reset, POST /_hostile/shutdown.
@@ -240,14 +243,20 @@ local function list_answer(variant, req)
   local page = math.floor(tonumber(q.offset) or 1)
   local after = tonumber(q["filters[id][GREATER_THAN]"])
   local first = after and (after + 1) or ((page - 1) * limit + 1)
+  if variant == "ignore-after" then first = 1 end
   local rows = {}
   for k = 1, limit do rows[k] = list_row(first + k - 1) end
+  if variant == "desc" then
+    for k = 1, limit do rows[k] = list_row(first + limit - k) end
+  end
   local rowset = rows
   if variant == "rowset-object" then rowset = { ["1"] = rows[1] } end
   if variant == "rowset-string" then rowset = "rows" end
   local data = { rowset = rowset, totalPages = "@TOTAL_PAGES@", totalRows = 5, offset = page, limit = limit }
   local text = assert(cjson.encode { code = 0, message = "Success", data = data })
-  text = text:gsub('"@TOTAL_PAGES@"', TOTAL_PAGES[variant] or "1")
+  local pages = TOTAL_PAGES[variant]
+  if variant == "ignore-after" or variant == "desc" then pages = tostring(math.ceil(5 / limit)) end
+  text = text:gsub('"@TOTAL_PAGES@"', pages or "1")
   return response(200, text, "application/json")
 end
 
