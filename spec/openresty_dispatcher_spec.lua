@@ -3,6 +3,7 @@
 -- same retries, a cap on connections (per worker and per host), and with a
 -- spool nothing accepted is lost to a reload: an exiting worker leaves what
 -- it did not send in its spool and the next one takes it over.
+local fixtures = require "fixtures"
 local gatewayproc = require "gatewayproc"
 local hostile = require "hostile"
 local nginxproc = require "nginxproc"
@@ -36,6 +37,20 @@ local RECEIVER = [[
     location = /max { access_log off; content_by_lua_block { ngx.say(ngx.shared.conc:get("max" .. ngx.var.arg_port) or 0) } }
     location / { return 204; }
 ]]
+
+-- The URIs in the receiver's log that start with prefix, with the port
+-- each came to: { {port =, uri =}, ... }.
+local function received(server, prefix)
+  local f = io.open(server.prefix .. "/logs/recv.log")
+  local out = {}
+  if not f then return out end
+  for line in f:lines() do
+    local p, uri = line:match("^(%d+) (%S+)")
+    if uri and uri:sub(1, #prefix) == prefix then out[#out + 1] = { port = tonumber(p), uri = uri } end
+  end
+  f:close()
+  return out
+end
 
 describe("postback.dispatcher inside nginx", function()
   if not gatewayproc.available() then
@@ -79,28 +94,6 @@ describe("postback.dispatcher inside nginx", function()
     if recv then recv:stop() end
   end)
 
-  -- lines of the receiver's log whose URI has the given prefix
-  local function received(prefix)
-    local f = io.open(recv.prefix .. "/logs/recv.log")
-    local out = {}
-    if not f then return out end
-    for line in f:lines() do
-      local p, uri = line:match("^(%d+) (%S+)")
-      if uri and uri:sub(1, #prefix) == prefix then out[#out + 1] = { port = tonumber(p), uri = uri } end
-    end
-    f:close()
-    return out
-  end
-
-  local function wait_for(fn, seconds)
-    local deadline = socket.gettime() + (seconds or 10)
-    while socket.gettime() < deadline do
-      if fn() then return true end
-      socket.sleep(0.05)
-    end
-    return fn()
-  end
-
   it("made in init_worker, sends what handlers fire, on its own; poll does nothing, wait waits", function()
     local ids, pending, polled = n:run(([[
       local ids = {}
@@ -114,7 +107,7 @@ describe("postback.dispatcher inside nginx", function()
     assert.is_true(ok)
     assert.equal(0, stats.pending)
     assert.is_true(stats.running)
-    assert.equal(50, #received("/a?"))
+    assert.equal(50, #received(recv, "/a?"))
     local r = n:run(("return R[%d]"):format(ids[50]))
     assert.is_true(r.ok)
     assert.equal(204, r.status)
@@ -127,7 +120,7 @@ describe("postback.dispatcher inside nginx", function()
       return LAZY:fire(%q)
     ]]):format(recv.url .. "/lazy"))
     assert.equal(1, id)
-    assert.is_true(wait_for(function() return #received("/lazy") == 1 end))
+    assert.is_true(fixtures.wait_for(function() return #received(recv, "/lazy") == 1 end))
   end)
 
   it("has a bounded queue: d:fire says queue_full instead of taking what it cannot carry", function()
@@ -147,7 +140,7 @@ describe("postback.dispatcher inside nginx", function()
     assert.truthy(message:find("max_queue = 10", 1, true))
     assert.equal(5, refused)
     assert.is_true(n:run("return FULL:wait(10)"))
-    assert.equal(10, #received("/slow?ms=100&q="))
+    assert.equal(10, #received(recv, "/slow?ms=100&q="))
     assert.equal(11, n:run(("return FULL:fire(%q)"):format(recv.url .. "/after-full")))
   end)
 
@@ -168,7 +161,7 @@ describe("postback.dispatcher inside nginx", function()
       return got and got.error and got.error.code
     ]]):format(recv.url .. "/blocked"))
     assert.equal("blocked_address", blocked)
-    assert.equal(0, #received("/blocked"))
+    assert.equal(0, #received(recv, "/blocked"))
   end)
 
   -- client-side connections to a loopback port, from /proc/net/tcp
@@ -202,8 +195,8 @@ describe("postback.dispatcher inside nginx", function()
       local c1, c2 = connections(recv.port), connections(port2)
       most1, most2, most = math.max(most1, c1), math.max(most2, c2), math.max(most, c1 + c2)
       socket.sleep(0.005)
-    until #received("/slow?ms=20&c=") >= 120 or socket.gettime() > deadline
-    assert.equal(120, #received("/slow?ms=20&c="))
+    until #received(recv, "/slow?ms=20&c=") >= 120 or socket.gettime() > deadline
+    assert.equal(120, #received(recv, "/slow?ms=20&c="))
     -- requests at once at each receiver: per_host
     for _, p in ipairs { recv.port, port2 } do
       local _, body = ngxlua.http(recv.port, "GET", "/max?port=" .. p)
@@ -225,11 +218,11 @@ describe("postback.dispatcher inside nginx", function()
     assert.equal(40, #ids)
     socket.sleep(0.3)
     n:reload()
-    assert.is_true(wait_for(function()
+    assert.is_true(fixtures.wait_for(function()
       return select(2, n:error_log():gsub("postbacks not delivered: the worker exited", "")) >= 1
     end))
     -- the old worker reported each one it could not deliver (grace = 0)
-    local delivered = #received("/slow?ms=200&cut=")
+    local delivered = #received(recv, "/slow?ms=200&cut=")
     local log = n:error_log()
     local told = tonumber(log:match("(%d+) postbacks not delivered: the worker exited and there is no spool"))
     assert.is_true(delivered < 40, delivered .. " delivered")
@@ -279,31 +272,10 @@ describe("postback.dispatcher inside nginx, with a spool", function()
     if dir then sh("rm -rf " .. dir) end
   end)
 
-  local function uris(prefix)
-    local f = io.open(recv.prefix .. "/logs/recv.log")
-    local out = {}
-    if not f then return out end
-    for line in f:lines() do
-      local uri = line:match("^%d+ (%S+)")
-      if uri and uri:sub(1, #prefix) == prefix then out[#out + 1] = uri end
-    end
-    f:close()
-    return out
-  end
-
-  local function wait_for(fn, seconds)
-    local deadline = socket.gettime() + (seconds or 10)
-    while socket.gettime() < deadline do
-      if fn() then return true end
-      socket.sleep(0.05)
-    end
-    return fn()
-  end
-
   it("sends what a worker left in its spool, and takes over the spools nobody holds", function()
-    assert.is_true(wait_for(function() return #uris("/left?") >= 5 end), n:error_log())
+    assert.is_true(fixtures.wait_for(function() return #received(recv, "/left?") >= 5 end), n:error_log())
     local stats
-    assert.is_true(wait_for(function()
+    assert.is_true(fixtures.wait_for(function()
       stats = n:run("return D:stats()")
       return stats.pending == 0
     end))
@@ -323,20 +295,20 @@ describe("postback.dispatcher inside nginx, with a spool", function()
     socket.sleep(0.3)
     n:reload()
     local got
-    assert.is_true(wait_for(function()
+    assert.is_true(fixtures.wait_for(function()
       got = {}
       local distinct = 0
-      for _, uri in ipairs(uris("/slow?ms=40&r=")) do
-        local i = uri:match("r=(%d+)")
+      for _, r in ipairs(received(recv, "/slow?ms=40&r=")) do
+        local i = r.uri:match("r=(%d+)")
         if not got[i] then distinct = distinct + 1 end
         got[i] = (got[i] or 0) + 1
       end
       return distinct == 200
     end, 20), n:error_log())
     -- at least once: only what was in flight when the old worker let go is sent twice
-    assert.is_true(#uris("/slow?ms=40&r=") <= 200 + 4)
+    assert.is_true(#received(recv, "/slow?ms=40&r=") <= 200 + 4)
     local stats
-    assert.is_true(wait_for(function()
+    assert.is_true(fixtures.wait_for(function()
       stats = n:run("return D:stats()")
       return stats.pending == 0 and stats.adopted > 0
     end, 10))
@@ -366,15 +338,15 @@ describe("postback.dispatcher inside nginx, with a spool", function()
     socket.sleep(0.2)
     local nx = n.n
     assert(sh(("%s -p %s -c %s/nginx.conf -s quit 2>/dev/null"):format(nx.bin, nx.prefix, nx.prefix)))
-    assert.is_true(wait_for(function() return io.open(nx.prefix .. "/nginx.pid") == nil end, 15), "nginx did not stop")
+    assert.is_true(fixtures.wait_for(function() return io.open(nx.prefix .. "/nginx.pid") == nil end, 15), "nginx did not stop")
     local sent = {}
-    for _, uri in ipairs(uris("/slow?ms=40&q=")) do sent[uri] = true end
+    for _, r in ipairs(received(recv, "/slow?ms=40&q=")) do sent[r.uri] = true end
     local before = 0
     for _ in pairs(sent) do before = before + 1 end
     assert.is_true(before < 100, before .. " sent before the stop")
     assert(sh(("%s -p %s -c %s/nginx.conf 2>/dev/null"):format(nx.bin, nx.prefix, nx.prefix)))
-    assert.is_true(wait_for(function()
-      for _, uri in ipairs(uris("/slow?ms=40&q=")) do sent[uri] = true end
+    assert.is_true(fixtures.wait_for(function()
+      for _, r in ipairs(received(recv, "/slow?ms=40&q=")) do sent[r.uri] = true end
       local k = 0
       for _ in pairs(sent) do k = k + 1 end
       return k == 100
@@ -382,4 +354,5 @@ describe("postback.dispatcher inside nginx, with a spool", function()
     local stats = n:run("return D:stats()")
     assert.is_true(stats.recovered + stats.adopted > 0)
   end)
+
 end)

@@ -4,6 +4,7 @@
 -- keeps answering while a slow receiver holds postbacks in flight, 503 with
 -- Retry-After when it cannot take a conversion, the destination policy from
 -- the environment, and a log line for every postback that fails.
+local fixtures = require "fixtures"
 local mockproc = require "mockproc"
 local socket = require "socket"
 
@@ -80,11 +81,10 @@ describe("OpenResty gateway example", function()
   -- What the receiver got, once it holds n postbacks (or after 5 s).
   local function received_at_least(n)
     local got
-    for _ = 1, 100 do
+    fixtures.wait_for(function()
       got = mock:received()
-      if #got >= n then break end
-      socket.sleep(0.05)
-    end
+      return #got >= n
+    end, 5)
     return got
   end
 
@@ -190,11 +190,10 @@ describe("OpenResty gateway example", function()
       local status = request(strict.port, "GET", "/conversion?click_id=c-blocked&offer_id=5")
       assert.equal(202, status)
       local log
-      for _ = 1, 100 do
+      fixtures.wait_for(function()
         log = strict:error_log()
-        if select(2, log:gsub("postback failed", "")) >= 2 then break end
-        socket.sleep(0.05)
-      end
+        return select(2, log:gsub("postback failed", "")) >= 2
+      end, 5)
       assert.equal(2, select(2, log:gsub("postback failed: [^\n]*refused: 127%.0%.0%.1 is a loopback", "")), log)
       assert.equal(0, #mock:received())
     end)
@@ -214,11 +213,10 @@ describe("OpenResty gateway example", function()
       offer_id = 6, affiliate_id = 1, type = 2, code = mock.url .. "/postback?click_id={click_id}&mock_fault=status&mock_status=404" })))
     assert.equal(202, (request(port, "GET", "/conversion?click_id=c-404&offer_id=6")))
     local log
-    for _ = 1, 100 do
+    fixtures.wait_for(function()
       log = error_log()
-      if log:find("c-404", 1, true) then break end
-      socket.sleep(0.05)
-    end
+      return log:find("c-404", 1, true) ~= nil
+    end, 5)
     assert.equal(1, select(2, log:gsub("postback failed: [^\n]*c%-404", "")), log)
   end)
 end)

@@ -1,6 +1,7 @@
 -- Workers as real processes (`postback worker`) sharing one queue, against
 -- a real redis-server (append-only, fsync always) and an nginx receiver
 -- that logs the click id of every postback it gets.
+local fixtures = require "fixtures"
 local redisproc = require "redisproc"
 local workerproc = require "workerproc"
 local testenv = require "testenv"
@@ -33,13 +34,6 @@ describe("queue workers as processes", function()
     os.execute("rm -rf " .. tmp)
   end)
 
-  -- Waits until cond() holds or limit seconds pass; returns cond().
-  local function wait_for(cond, limit)
-    local deadline = socket.gettime() + limit
-    while not cond() and socket.gettime() < deadline do socket.sleep(0.02) end
-    return cond()
-  end
-
   local function tail(path)
     local f = io.open(path)
     if not f then return "" end
@@ -63,13 +57,13 @@ describe("queue workers as processes", function()
         pids[i] = workerproc.spawn({ "--redis", r.url, "--stream", "pbq", "--concurrency", "16", "--timeout", "2",
                                      "--allow-private" }, ("%s/w%d.log"):format(tmp, i))
       end
-      assert.is_true(wait_for(function() return workerproc.count_lines(log) >= 800 end, 60),
+      assert.is_true(fixtures.wait_for(function() return workerproc.count_lines(log) >= 800 end, 60),
         "800 not delivered: " .. tail(tmp .. "/w1.log"))
       workerproc.kill(pids[1])
       r:kill()
       r:restart()
       local unique
-      local done = wait_for(function()
+      local done = fixtures.wait_for(function()
         local _, seen = workerproc.count_lines(log)
         unique = 0
         for _ in pairs(seen) do unique = unique + 1 end
@@ -88,7 +82,7 @@ describe("queue workers as processes", function()
       assert.is_true(total - 3000 <= 48, ("%d delivered twice"):format(total - 3000))
       -- and the queue is empty once the outcomes are written
       q = assert(postback.queue { redis = r.url, stream = "pbq" })
-      assert.is_true(wait_for(function()
+      assert.is_true(fixtures.wait_for(function()
         local st = q:stats()
         return st and st.ready == 0 and st.pending == 0 and st.delayed == 0 and st.dead == 0
       end, 20))
@@ -118,7 +112,7 @@ describe("queue workers as processes", function()
         pids[i] = workerproc.spawn({ "--redis", r.url, "--stream", "bulk", "--concurrency", "32", "--timeout", "5",
                                      "--allow-private", "--log-max", "1000" }, ("%s/b%d.log"):format(tmp, i))
       end
-      local done = wait_for(function() return workerproc.count_lines(log) >= N end, testenv.slow and 600 or 150)
+      local done = fixtures.wait_for(function() return workerproc.count_lines(log) >= N end, testenv.slow and 600 or 150)
       local deliver_s = socket.gettime() - t0
       local total, seen = workerproc.count_lines(log)
       assert.is_true(done, ("%d of %d delivered: %s"):format(total, N, tail(tmp .. "/b1.log")))
@@ -126,7 +120,7 @@ describe("queue workers as processes", function()
       for _ in pairs(seen) do unique = unique + 1 end
       assert.equal(N, unique)
       assert.equal(N, total) -- nothing died: nothing twice
-      assert.is_true(wait_for(function()
+      assert.is_true(fixtures.wait_for(function()
         local st = q:stats()
         return st and st.ready == 0 and st.pending == 0
       end, 20))

@@ -181,6 +181,18 @@ function M.run(cmd)
   return a == true and (c == nil or c == 0)
 end
 
+--- Calls fn every 50 ms until it returns true or `seconds` (default 10)
+-- pass; then returns what a last call gives.
+function M.wait_for(fn, seconds)
+  local socket = require "socket"
+  local deadline = socket.gettime() + (seconds or 10)
+  while socket.gettime() < deadline do
+    if fn() then return true end
+    socket.sleep(0.05)
+  end
+  return fn()
+end
+
 --- Reads a whole file (nil when it cannot be opened).
 function M.readfile(path)
   local f = io.open(path, "rb")
