@@ -336,15 +336,13 @@ describe("postback.dispatcher inside nginx, with a spool", function()
     ]]):format(recv.url .. "/slow?ms=40&q={i}"))
     assert.equal(100, #ids)
     socket.sleep(0.2)
-    local nx = n.n
-    assert(sh(("%s -p %s -c %s/nginx.conf -s quit 2>/dev/null"):format(nx.bin, nx.prefix, nx.prefix)))
-    assert.is_true(fixtures.wait_for(function() return io.open(nx.prefix .. "/nginx.pid") == nil end, 15), "nginx did not stop")
+    assert.is_true(n:quit(), "nginx did not stop")
     local sent = {}
     for _, r in ipairs(received(recv, "/slow?ms=40&q=")) do sent[r.uri] = true end
     local before = 0
     for _ in pairs(sent) do before = before + 1 end
     assert.is_true(before < 100, before .. " sent before the stop")
-    assert(sh(("%s -p %s -c %s/nginx.conf 2>/dev/null"):format(nx.bin, nx.prefix, nx.prefix)))
+    n:start_again()
     assert.is_true(fixtures.wait_for(function()
       for _, r in ipairs(received(recv, "/slow?ms=40&q=")) do sent[r.uri] = true end
       local k = 0

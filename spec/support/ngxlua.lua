@@ -8,6 +8,7 @@
 --   local r = n:run("return require('postback').fire(...)")
 --   n:stop()
 local cjson = require("cjson.safe").new()
+local fixtures = require "fixtures"
 local mockproc = require "mockproc"
 local nginxproc = require "nginxproc"
 local socket = require "socket"
@@ -142,6 +143,39 @@ end
 
 function N:reload()
   os.execute(("%s -p %s -c %s/nginx.conf -s reload 2>/dev/null"):format(self.n.bin, self.prefix, self.prefix))
+end
+
+--- The master's pid (nil when nginx is not running).
+function N:master()
+  return tonumber(self:read("nginx.pid"):match("%d+"))
+end
+
+--- Pids of the worker processes (children of the master).
+function N:workers()
+  local out = {}
+  local master = self:master()
+  if not master then return out end
+  local p = assert(io.popen("pgrep -P " .. master))
+  for line in p:lines() do out[#out + 1] = tonumber(line) end
+  p:close()
+  return out
+end
+
+--- Stops nginx and waits (at most 15 s) until the master is gone: a
+-- graceful stop (QUIT: workers end as on a reload), or with fast = true a
+-- fast one (TERM, `nginx -s stop`). True once it is gone.
+function N:quit(fast)
+  local nx = self.n
+  assert(fixtures.run(("%s -p %s -c %s/nginx.conf -s %s 2>/dev/null"):format(
+    nx.bin, nx.prefix, nx.prefix, fast and "stop" or "quit")), "nginx -s quit failed")
+  return fixtures.wait_for(function() return self:master() == nil end, 15)
+end
+
+--- Starts nginx again, in the same prefix with the same configuration.
+function N:start_again()
+  local nx = self.n
+  assert(fixtures.run(("%s -p %s -c %s/nginx.conf 2>/dev/null"):format(nx.bin, nx.prefix, nx.prefix)),
+    "nginx did not start again")
 end
 
 function N:stop() self.n:stop() end
