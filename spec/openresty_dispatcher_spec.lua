@@ -353,4 +353,56 @@ describe("postback.dispatcher inside nginx, with a spool", function()
     assert.is_true(stats.recovered + stats.adopted > 0)
   end)
 
+  -- Fires 200 at a slow receiver (40 ms each, 4 at a time: 2 s), with tag
+  -- in the query.
+  local function fire_200(tag)
+    local ids = n:run(([[
+      local ids = {}
+      for i = 1, 200 do ids[i] = assert(D:fire(%q, { i = i })) end
+      return ids
+    ]]):format(recv.url .. "/slow?ms=40&" .. tag .. "={i}"))
+    assert.equal(200, #ids)
+  end
+
+  -- Waits until the receiver has all 200 of tag (each at least once, at
+  -- most the 4 in flight twice).
+  local function assert_all_200(tag)
+    local prefix = "/slow?ms=40&" .. tag .. "="
+    assert.is_true(fixtures.wait_for(function()
+      local got, distinct = {}, 0
+      for _, r in ipairs(received(recv, prefix)) do
+        if not got[r.uri] then distinct = distinct + 1 end
+        got[r.uri] = true
+      end
+      return distinct == 200
+    end, 20), n:error_log())
+    assert.is_true(#received(recv, prefix) <= 200 + 4)
+  end
+
+  it("loses nothing it accepted to a worker's crash (kill -9): the worker nginx starts again sends it", function()
+    fire_200("k")
+    socket.sleep(0.3)
+    local old = n:workers()
+    assert.equal(1, #old)
+    assert(sh("kill -9 " .. old[1]))
+    assert.is_true(fixtures.wait_for(function()
+      local now = n:workers()
+      return #now == 1 and now[1] ~= old[1]
+    end), "no new worker")
+    assert.is_true(#received(recv, "/slow?ms=40&k=") < 200, "all sent before the crash")
+    assert_all_200("k")
+    local stats = n:run("return D:stats()")
+    assert.is_true(stats.recovered > 0, "recovered " .. stats.recovered)
+  end)
+
+  it("loses nothing it accepted to a fast stop (nginx -s stop): the next start sends it", function()
+    fire_200("f")
+    socket.sleep(0.3)
+    assert.is_true(n:quit(true), "nginx did not stop")
+    assert.is_true(#received(recv, "/slow?ms=40&f=") < 200, "all sent before the stop")
+    n:start_again()
+    assert_all_200("f")
+    local stats = n:run("return D:stats()")
+    assert.is_true(stats.recovered > 0, "recovered " .. stats.recovered)
+  end)
 end)
