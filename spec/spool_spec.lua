@@ -651,3 +651,128 @@ describe("the dispatcher's spool", function()
     sp:close()
   end)
 end)
+
+-- Compaction writes <path>.tmp and renames it over the spool: when it cannot,
+-- the spool stays as it was and says so.
+describe("the spool's compaction when it cannot be done", function()
+  local dir, path
+
+  before_each(function()
+    dir = tmpdir()
+    path = dir .. "/c.spool"
+  end)
+
+  after_each(function() rmrf(dir) end)
+
+  it("on a full 64 KiB tmpfs: reported as compaction, the file byte for byte as it was, done once there is room", function()
+    if not is_root then return pending("needs root to mount a tmpfs") end
+    local mnt = tmpdir()
+    if not run("mount -t tmpfs -o size=64k tmpfs " .. quote(mnt) .. " 2>/dev/null") then
+      rmrf(mnt)
+      return pending("mounting a tmpfs is not permitted here")
+    end
+    local sp
+    finally(function()
+      if sp then sp:close() end -- a spool open on it keeps it busy
+      os.execute("umount " .. quote(mnt))
+      rmrf(mnt)
+    end)
+    local sp_path = mnt .. "/c.spool"
+    local reports, on_error = collector()
+    sp = assert(spool.open(sp_path, { compact_after = 5, on_error = on_error }))
+    -- 20 records of 1 KiB, the first 10 done: a compaction is due and
+    -- needs 10 KiB for what is owed
+    local body = string.rep("x", 1000)
+    for i = 1, 20 do assert.equal(i, sp:add { url = "http://a/" .. i, body = body }) end
+    for id = 1, 10 do assert.is_true(sp:done(id)) end
+    local filler = assert(io.open(mnt .. "/filler", "wb"))
+    local kib = string.rep("\0", 1024)
+    for _ = 1, 128 do
+      if not (filler:write(kib) and filler:flush()) then break end
+    end
+    filler:close()
+    local before = read(sp_path)
+    assert.is_true(sp:sync()) -- the records are written: only the compaction failed
+    assert.equal(1, #reports)
+    local r = reports[1]
+    assert.equal("spool", r.kind)
+    assert.equal("compaction", r.code)
+    assert.equal(ENOSPC, r.errno)
+    assert.equal(sp_path, r.path)
+    assert.truthy(tostring(r):find("the spool is as it was", 1, true), tostring(r))
+    assert.equal(before, read(sp_path))
+    assert.is_false(exists(sp_path .. ".tmp"))
+    local st = sp:stats()
+    assert.equal(10, st.owed)
+    assert.equal(0, st.compactions)
+    assert.equal(1, st.compaction_failures)
+    assert.same({ 11, 12, 13, 14, 15, 16, 17, 18, 19, 20 }, owed_ids(sp))
+    -- room again: the next compaction that is due is done
+    os.remove(mnt .. "/filler")
+    for id = 11, 15 do assert.is_true(sp:done(id)) end
+    assert.is_true(sp:sync())
+    assert.equal(1, #reports)
+    st = sp:stats()
+    assert.equal(1, st.compactions)
+    assert.equal(5, st.owed)
+    assert.is_true(#read(sp_path) < #before / 2, #read(sp_path) .. " bytes")
+    assert.is_false(exists(sp_path .. ".tmp"))
+    sp:close()
+    sp = assert(spool.open(sp_path, { on_error = on_error }))
+    assert.same({ 16, 17, 18, 19, 20 }, owed_ids(sp))
+    assert.equal(1, #reports)
+  end)
+
+  it("a .corrupt that cannot be written: reported as corrupt_file, the damaged line stays, compaction off", function()
+    local sp = assert(spool.open(path))
+    for i = 1, 5 do sp:add { url = "http://a/" .. i } end
+    sp:close()
+    -- line 3 damaged (a byte of its URL changed: the checksum no longer matches)
+    local text = read(path)
+    local s = 1
+    for _ = 1, 2 do s = text:find("\n", s, true) + 1 end
+    local u = text:find("http", s, true)
+    text = text:sub(1, u - 1) .. "H" .. text:sub(u + 1)
+    write(path, text)
+    assert(run("mkdir " .. quote(path .. ".corrupt")))
+    local reports, on_error = collector()
+    sp = assert(spool.open(path, { compact_after = 1, on_error = on_error }))
+    local codes = {}
+    for _, r in ipairs(reports) do codes[#codes + 1] = r.code end
+    assert.same({ "damaged", "corrupt_file" }, codes)
+    assert.equal("checksum", reports[1].reason)
+    assert.equal(3, reports[1].line)
+    assert.is_false(reports[1].saved)
+    assert.truthy(tostring(reports[1]):find("kept in the spool", 1, true), tostring(reports[1]))
+    assert.truthy(tostring(reports[2]):find("compaction is off", 1, true), tostring(reports[2]))
+    assert.same({ 1, 2, 4, 5 }, owed_ids(sp))
+    assert.equal(text, read(path)) -- the damaged line is still there
+    local st = sp:stats()
+    assert.is_true(st.compaction_off)
+    assert.equal(0, st.compactions)
+    -- no compaction while it runs, though one is due
+    assert.is_true(sp:done(1))
+    assert.is_true(sp:done(2))
+    assert.is_true(sp:sync())
+    local ok, err = sp:compact()
+    assert.is_nil(ok)
+    assert.equal("spool", err.kind)
+    assert.truthy(tostring(err):find("compaction is off", 1, true), tostring(err))
+    assert.equal(0, sp:stats().compactions)
+    assert.truthy(read(path):find(text, 1, true), "the damaged line left the spool")
+    assert.equal(2, #reports)
+    sp:close()
+    -- opened again once .corrupt can be written: moved there, compacted away
+    assert(run("rmdir " .. quote(path .. ".corrupt")))
+    sp = assert(spool.open(path, { on_error = on_error }))
+    assert.equal(3, #reports)
+    assert.equal("damaged", reports[3].code)
+    assert.is_true(reports[3].saved)
+    assert.same({ 4, 5 }, owed_ids(sp))
+    assert.is_false(sp:stats().compaction_off)
+    assert.equal(1, sp:stats().compactions)
+    sp:close()
+    assert.falsy(read(path):find("Http", 1, true))
+    assert.truthy(read(path .. ".corrupt"):find("Http://a/3", 1, true))
+  end)
+end)
