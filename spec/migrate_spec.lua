@@ -4,6 +4,7 @@ local postback = require "postback"
 local core = require "postback.core"
 local mockproc = require "mockproc"
 local testenv = require "testenv"
+local workerproc = require "workerproc"
 
 local T = postback.transforms
 
@@ -184,14 +185,24 @@ describe("migrate", function()
       local cmd = ("exec sh -c 'echo $$; exec env LUA_PATH=\"$0\" LUA_CPATH=\"$1\" %s %s' '%s' '%s'"):format(
         testenv.lua, script, package.path, package.cpath)
       mock:control("POST", "/_mock/faults", { fault = "slow", delay = 0.002, times = 1000000, match = "/v1/" })
+      -- each run killed once the writes reach a random point (5% to 85% of
+      -- n, rising), while it still runs
       math.randomseed(20261125)
+      local at = {}
+      for k = 1, 12 do at[k] = math.floor(n * (0.05 + 0.8 * math.random())) end
+      table.sort(at)
       local kills = 0
-      for _ = 1, 12 do
+      for k = 1, 12 do
         local p = assert(io.popen(cmd))
         local pid = tonumber(p:read("*l"))
-        core.sleep(0.05 + math.random() * 0.4)
+        local deadline, alive = core.now() + 30
+        repeat
+          core.sleep(0.02)
+          alive = workerproc.alive(pid)
+        until not alive or writes() >= at[k] or core.now() > deadline
         os.execute("kill -9 " .. pid .. " 2>/dev/null")
         p:close()
+        assert(alive, ("run %d ended before its kill, after %d writes"):format(k, (writes())))
         kills = kills + 1
       end
       mock:control("DELETE", "/_mock/faults")
