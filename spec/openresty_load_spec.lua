@@ -144,7 +144,8 @@ describe("the OpenResty gateway under load", function()
       label, clients, summary.rate, accepted / summary.seconds,
       health.rate == health.rate and ("%.0f"):format(health.rate) or "-",
       paced and "(paced)" or ("ratio %.2f"):format(summary.rate / health.rate))
-    rates[#rates + 1] = line
+    rates[#rates + 1] = { line = line, answers = summary.rate, accepted = accepted / summary.seconds,
+                          health = not paced and health.rate or nil }
     print("\n" .. line)
   end
 
@@ -226,6 +227,18 @@ describe("the OpenResty gateway under load", function()
   end)
 
   it("prints the rates", function()
-    print("\n" .. table.concat(rates, "\n"))
+    assert.is_true(#rates > 0, "no burst reported its rates")
+    local lines = {}
+    for _, r in ipairs(rates) do
+      lines[#lines + 1] = r.line
+      for _, k in ipairs { "answers", "accepted", "health" } do
+        local v = r[k]
+        if k ~= "health" or v ~= nil then
+          assert(type(v) == "number" and v > 0 and v < math.huge, ("%s: %s/s is not a positive rate"):format(
+            r.line, k))
+        end
+      end
+    end
+    print("\n" .. table.concat(lines, "\n"))
   end)
 end)
