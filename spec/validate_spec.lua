@@ -2,6 +2,7 @@
 -- order, create and partial modes.
 local postback = require "postback"
 local F = require "fixtures"
+local child = require "child"
 
 local validate = postback.validate
 
@@ -408,14 +409,69 @@ describe("postback.validate code", function()
     assert_ok(rec({ code = "http://h.example/%2e%2e/%7Bnot_a_host%7D" }), { allow_unknown_macros = true })
   end)
 
-  it("accepts internationalised hosts that are valid IDNs, whatever the locale", function()
-    assert_ok(rec({ code = "https://m\195\188nchen.example/?c={click_id}" }))
-    assert_ok(rec({ code = "https://{aff_sub1}.m\195\188nchen.example/" }))
-    for _, u in ipairs { "https://\255.example/", "https://good.example\239\188\143evil/",
-                         "https://{aff_sub1}.\255.example/" } do
+  -- Hosts that are valid IDNs, and hosts that are not (not UTF-8, a
+  -- fullwidth solidus).
+  local IDN_OK = { "https://m\195\188nchen.example/?c={click_id}", "https://{aff_sub1}.m\195\188nchen.example/" }
+  local IDN_BAD = { "https://\255.example/", "https://good.example\239\188\143evil/",
+                    "https://{aff_sub1}.\255.example/" }
+
+  it("accepts internationalised hosts that are valid IDNs", function()
+    for _, u in ipairs(IDN_OK) do assert_ok(rec({ code = u })) end
+    for _, u in ipairs(IDN_BAD) do
       local p, errs = problems(rec({ code = u }))
       assert.are.same({ "code:invalid_url" }, p, F.show(u))
       assert.truthy(errs[1].message:find("internationalised", 1, true), errs[1].message)
+    end
+  end)
+
+  -- An installed locale whose decimal point is a comma (`locale -a`, and
+  -- the locales in $LOCPATH), or nil.
+  local function comma_locale()
+    local names = {}
+    local p = io.popen("locale -a 2>/dev/null; ls \"$LOCPATH\" 2>/dev/null")
+    for name in p:lines() do names[#names + 1] = name end
+    p:close()
+    for _, name in ipairs(names) do
+      if name:match("^[%w_.@-]+$") and name ~= "C" and name ~= "POSIX" then
+        p = io.popen(("LC_ALL=%s locale decimal_point 2>/dev/null"):format(name))
+        local point = p:read("*l")
+        p:close()
+        if point == "," then return name end
+      end
+    end
+  end
+
+  it("accepts and refuses the same internationalised hosts whatever the locale (a comma-decimal one)", function()
+    local loc = comma_locale()
+    if not loc then return pending("no locale with a decimal comma is installed (locale -a)") end
+    local list = {}
+    for _, u in ipairs(IDN_OK) do list[#list + 1] = ("%q"):format(u) end
+    for _, u in ipairs(IDN_BAD) do list[#list + 1] = ("%q"):format(u) end
+    -- the child takes the locale of its environment, as a program that
+    -- calls setlocale(LC_ALL, "") does
+    local r = child.run(([[
+      local loc = os.setlocale("")
+      local validate = require("postback").validate
+      local out = {}
+      for i, u in ipairs { %s } do
+        local ok, errs = validate { offer_id = 5, affiliate_id = 7, type = 2, code = u }
+        local e = errs and errs[1] or {}
+        out[i] = { ok = ok, n = errs and #errs or 0, field = e.field, code = e.code, message = e.message }
+      end
+      return { locale = loc, numeric = os.setlocale(nil, "numeric"), results = out }
+    ]]):format(table.concat(list, ", ")), { wrap = function(cmd)
+      return ("env LC_ALL=%s LC_NUMERIC=%s %s"):format(child.quote(loc), child.quote(loc), cmd)
+    end })
+    assert(r.value, child.describe(r))
+    assert.equal(loc, r.value.locale) -- in force
+    assert.equal(loc, r.value.numeric)
+    for i, u in ipairs(IDN_OK) do
+      assert.are.same({ ok = true, n = 0 }, r.value.results[i], F.show(u))
+    end
+    for i, u in ipairs(IDN_BAD) do
+      local got = r.value.results[#IDN_OK + i]
+      assert.are.same({ false, 1, "code", "invalid_url" }, { got.ok, got.n, got.field, got.code }, F.show(u))
+      assert.truthy(got.message:find("internationalised", 1, true), got.message)
     end
   end)
 
