@@ -4,21 +4,11 @@
 -- spool nothing accepted is lost to a reload: an exiting worker leaves what
 -- it did not send in its spool and the next one takes it over.
 local fixtures = require "fixtures"
-local gatewayproc = require "gatewayproc"
 local hostile = require "hostile"
 local nginxproc = require "nginxproc"
 local ngxlua = require "ngxlua"
 local socket = require "socket"
 local spool = require "postback.spool"
-local testenv = require "testenv"
-
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok == true or ok == 0
-end
-
-local LUA_MODULES = ("load_module %s/ndk_http_module.so; load_module %s/ngx_http_lua_module.so;"):format(
-  ngxlua.MODULES, ngxlua.MODULES)
 
 -- A receiver: 204 at once on /ok, after ?ms= on /slow; it counts the
 -- requests it holds at once per port (GET /max?port=P).
@@ -53,22 +43,16 @@ local function received(server, prefix)
 end
 
 describe("postback.dispatcher inside nginx", function()
-  if not gatewayproc.available() then
-    it("needs nginx with ngx_http_lua", function() pending("nginx or its lua module is not installed") end)
-    return
-  end
-  if testenv.suite ~= "lua5.4" then
-    it("runs in the lua5.4 suite", function() pending("once per run is enough") end)
-    return
-  end
+  local title, why = ngxlua.skip_reason { suites = { "lua5.4" } }
+  if title then it(title, function() pending(why) end) return end
 
   local recv, port2, bad, n
 
   setup(function()
-    assert(sh("make -s LUA=luajit >/dev/null"), "cannot build postback for LuaJIT")
+    ngxlua.build_luajit()
     port2 = nginxproc.free_port()
     recv = nginxproc.start {
-      main = LUA_MODULES,
+      main = ngxlua.LOAD_MODULES,
       http = "log_format pb '$server_port $request_uri'; lua_shared_dict conc 1m;",
       locations = ("listen 127.0.0.1:%d;\n"):format(port2) .. RECEIVER,
     }
@@ -232,14 +216,8 @@ describe("postback.dispatcher inside nginx", function()
 end)
 
 describe("postback.dispatcher inside nginx, with a spool", function()
-  if not gatewayproc.available() then
-    it("needs nginx with ngx_http_lua", function() pending("nginx or its lua module is not installed") end)
-    return
-  end
-  if testenv.suite ~= "lua5.4" then
-    it("runs in the lua5.4 suite", function() pending("once per run is enough") end)
-    return
-  end
+  local title, why = ngxlua.skip_reason { suites = { "lua5.4" } }
+  if title then it(title, function() pending(why) end) return end
 
   local recv, n, dir
 
@@ -247,19 +225,19 @@ describe("postback.dispatcher inside nginx, with a spool", function()
     local sp = assert(spool.open(path))
     for _, url in ipairs(urls) do assert(sp:add { url = url }) end
     assert(sp:close())
-    sh(("chown nobody %s %s.lock 2>/dev/null"):format(path, path))
+    fixtures.run(("chown nobody %s %s.lock 2>/dev/null"):format(path, path))
   end
 
   setup(function()
     recv = nginxproc.start {
-      main = LUA_MODULES,
+      main = ngxlua.LOAD_MODULES,
       http = "log_format pb '$server_port $request_uri'; lua_shared_dict conc 1m;",
       locations = RECEIVER,
     }
     dir = os.tmpname()
     os.remove(dir)
-    assert(sh("mkdir -p " .. dir))
-    sh("chown nobody " .. dir .. " 2>/dev/null")
+    assert(fixtures.run("mkdir -p " .. dir))
+    fixtures.run("chown nobody " .. dir .. " 2>/dev/null")
     -- left behind: this worker id's own spool, and an orphan of a worker id
     -- past the worker count (a reload from two workers to one)
     owed_file(dir .. "/postback-w0-0.spool", { recv.url .. "/left?own=1", recv.url .. "/left?own=2" })
@@ -276,7 +254,7 @@ describe("postback.dispatcher inside nginx, with a spool", function()
   teardown(function()
     if n then n:stop() end
     if recv then recv:stop() end
-    if dir then sh("rm -rf " .. dir) end
+    if dir then fixtures.run("rm -rf " .. dir) end
   end)
 
   it("sends what a worker left in its spool, and takes over the spools nobody holds", function()
@@ -391,7 +369,7 @@ describe("postback.dispatcher inside nginx, with a spool", function()
     socket.sleep(0.3)
     local old = n:workers()
     assert.equal(1, #old)
-    assert(sh("kill -9 " .. old[1]))
+    assert(fixtures.run("kill -9 " .. old[1]))
     assert.is_true(fixtures.wait_for(function()
       local now = n:workers()
       return #now == 1 and now[1] ~= old[1]

@@ -14,35 +14,24 @@
 local gatewayproc = require "gatewayproc"
 local mockproc = require "mockproc"
 local nginxproc = require "nginxproc"
+local ngxlua = require "ngxlua"
 local socket = require "socket"
 local testenv = require "testenv"
-
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok == true or ok == 0
-end
 
 local TOTAL = testenv.slow and 600 or 3000
 local HALF = math.floor(TOTAL / 2)
 
 describe("the OpenResty gateway under load", function()
-  if not gatewayproc.available() then
-    it("needs nginx with ngx_http_lua", function() pending("nginx or its lua module is not installed") end)
-    return
-  end
-  if testenv.suite ~= "lua5.4" then
-    it("runs in the lua5.4 suite", function() pending("once per run is enough") end)
-    return
-  end
+  local title, why = ngxlua.skip_reason { suites = { "lua5.4" } }
+  if title then it(title, function() pending(why) end) return end
 
   local recv, mock, gw, tight
   local postback = require "postback"
 
   setup(function()
-    assert(sh("make -s LUA=luajit >/dev/null"), "cannot build postback for LuaJIT")
+    ngxlua.build_luajit()
     recv = nginxproc.start {
-      main = ("load_module %s/ndk_http_module.so; load_module %s/ngx_http_lua_module.so;"):format(
-        gatewayproc.MODULES, gatewayproc.MODULES),
+      main = ngxlua.LOAD_MODULES,
       http = "log_format pb '$arg_click_id $arg_aff';",
       locations = [[
         access_log logs/pb.log pb;
@@ -164,7 +153,7 @@ describe("the OpenResty gateway under load", function()
   local function worker_stats(g)
     local by = {}
     for _ = 1, 50 do
-      local _, body = require("ngxlua").http(g.port, "GET", "/postback/stats")
+      local _, body = ngxlua.http(g.port, "GET", "/postback/stats")
       local s = require("cjson.safe").decode(body)
       if s then by[s.worker] = s end
     end

@@ -5,16 +5,10 @@
 -- Retry-After when it cannot take a conversion, the destination policy from
 -- the environment, and a log line for every postback that fails.
 local fixtures = require "fixtures"
-local mockproc = require "mockproc"
-local socket = require "socket"
-
 local gatewayproc = require "gatewayproc"
-local suite = require("testenv").suite
-
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok == true or ok == 0
-end
+local mockproc = require "mockproc"
+local ngxlua = require "ngxlua"
+local socket = require "socket"
 
 local function request(port, method, path, body)
   local c = assert(socket.connect("127.0.0.1", port))
@@ -43,14 +37,8 @@ local function request(port, method, path, body)
 end
 
 describe("OpenResty gateway example", function()
-  if not gatewayproc.available() then
-    it("needs nginx with ngx_http_lua", function() pending("nginx or its lua module is not installed") end)
-    return
-  end
-  if suite ~= "lua5.4" and suite ~= "luajit" then
-    it("runs in the lua5.4 and luajit suites", function() pending("once per run is enough") end)
-    return
-  end
+  local title, why = ngxlua.skip_reason { suites = { "lua5.4", "luajit" } }
+  if title then it(title, function() pending(why) end) return end
 
   local mock, gw, port
   local cjson = require("cjson.safe")
@@ -62,7 +50,7 @@ describe("OpenResty gateway example", function()
   end
 
   setup(function()
-    assert(sh("make -s LUA=luajit >/dev/null"), "cannot build postback for LuaJIT")
+    ngxlua.build_luajit()
     mock = mockproc.start { network = "gw", api_key = "gw-key" }
     -- the sandbox fires at the mock on loopback: allowed by the environment
     gw = gatewayproc.start { env = env { POSTBACK_ALLOW_PRIVATE = "1" } }

@@ -4,42 +4,25 @@
 -- library against a DNS server of the test, every address checked before
 -- connecting, Host and TLS keep the name), and TLS with verification on.
 local dnsserver = require "dnsserver"
-local gatewayproc = require "gatewayproc"
+local fixtures = require "fixtures"
 local hostile = require "hostile"
 local nginxproc = require "nginxproc"
 local ngxlua = require "ngxlua"
-local testenv = require "testenv"
-
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok == true or ok == 0
-end
-
-local have = gatewayproc.available() and sh("command -v openssl >/dev/null 2>&1")
-  and io.open("/usr/share/lua/5.1/nginx/dns/resolver.lua") ~= nil
 
 describe("the ngx transport inside nginx", function()
-  if not have then
-    it("needs nginx with ngx_http_lua, lua-nginx-dns and openssl", function()
-      pending("nginx, its lua module, lua-nginx-dns or openssl is not installed")
-    end)
-    return
-  end
-  if testenv.suite ~= "lua5.4" then
-    it("runs in the lua5.4 suite", function() pending("once per run is enough") end)
-    return
-  end
+  local title, why = ngxlua.skip_reason { suites = { "lua5.4" }, needs = { "lua-nginx-dns", "openssl" } }
+  if title then it(title, function() pending(why) end) return end
 
   local dir, recv, dns, bad, n, tls_ok, tls_untrusted
 
   setup(function()
-    assert(sh("make -s LUA=luajit >/dev/null"), "cannot build postback for LuaJIT")
+    ngxlua.build_luajit()
     dir = os.tmpname()
     os.remove(dir)
-    assert(sh("mkdir -p " .. dir))
+    assert(fixtures.run("mkdir -p " .. dir))
     -- A: the certificate nginx trusts; B: the same names, not trusted
     for _, name in ipairs { "a", "b" } do
-      assert(sh(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s/%s.key -out %s/%s.pem -days 2 "
+      assert(fixtures.run(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s/%s.key -out %s/%s.pem -days 2 "
         .. "-subj /CN=localhost -addext subjectAltName=DNS:localhost,DNS:pb.test >/dev/null 2>&1")
         :format(dir, name, dir, name)), "openssl could not make a certificate")
     end
@@ -62,7 +45,7 @@ describe("the ngx transport inside nginx", function()
     if bad then bad:stop() end
     if dns then dns:stop() end
     if recv then recv:stop() end
-    if dir then sh("rm -rf " .. dir) end
+    if dir then fixtures.run("rm -rf " .. dir) end
   end)
 
   local function log_lines()

@@ -9,15 +9,69 @@
 --   n:stop()
 local cjson = require("cjson.safe").new()
 local fixtures = require "fixtures"
+local gatewayproc = require "gatewayproc"
 local mockproc = require "mockproc"
 local nginxproc = require "nginxproc"
 local socket = require "socket"
+local testenv = require "testenv"
 
 local M = {}
 local N = {}
 N.__index = N
 
-M.MODULES = "/usr/lib/nginx/modules"
+M.MODULES = gatewayproc.MODULES
+
+--- The main-level lines that load ngx_http_lua (and the NDK it needs).
+M.LOAD_MODULES = ("load_module %s/ndk_http_module.so;\nload_module %s/ngx_http_lua_module.so;\n"):format(
+  M.MODULES, M.MODULES)
+
+-- What a spec may need besides nginx with ngx_http_lua, and how to tell.
+local NEEDS = {
+  ["lua-nginx-dns"] = function() return fixtures.readfile("/usr/share/lua/5.1/nginx/dns/resolver.lua") ~= nil end,
+  openssl = function() return fixtures.run("command -v openssl >/dev/null 2>&1") end,
+}
+
+-- "a", "a or b", "a, b or c"
+local function words(list, last)
+  if #list == 1 then return list[1] end
+  return table.concat(list, ", ", 1, #list - 1) .. " " .. last .. " " .. list[#list]
+end
+
+--- Whether a spec of nginx with ngx_http_lua runs here: nil when it does,
+-- else the title and the reason of a pending test that says why not.
+-- opts: suites (the suites it runs in, default {"lua5.4"}: once per run is
+-- enough), needs (more it needs: "lua-nginx-dns", "openssl").
+--
+--   local title, why = ngxlua.skip_reason { suites = { "lua5.4" } }
+--   if title then it(title, function() pending(why) end) return end
+function M.skip_reason(opts)
+  opts = opts or {}
+  local needs = opts.needs or {}
+  local have = gatewayproc.available()
+  for _, name in ipairs(needs) do have = have and assert(NEEDS[name], name)() end
+  if not have then
+    local title, missing = { "nginx with ngx_http_lua" }, { "nginx", "its lua module" }
+    for _, name in ipairs(needs) do
+      title[#title + 1] = name
+      missing[#missing + 1] = name
+    end
+    return "needs " .. words(title, "and"), words(missing, "or") .. " is not installed"
+  end
+  local suites = opts.suites or { "lua5.4" }
+  for _, s in ipairs(suites) do
+    if s == testenv.suite then return nil end
+  end
+  return ("runs in the %s suite%s"):format(words(suites, "and"), #suites > 1 and "s" or ""), "once per run is enough"
+end
+
+local built
+
+--- Builds postback for LuaJIT (build/luajit: what nginx loads), once.
+function M.build_luajit()
+  if built then return end
+  assert(fixtures.run("make -s LUA=luajit >/dev/null"), "cannot build postback for LuaJIT")
+  built = true
+end
 
 --- opts: http (http-level text), init_worker (Lua), locations (server
 -- body), workers, env (names to pass through), worker_connections.
@@ -25,8 +79,7 @@ function M.start(opts)
   opts = opts or {}
   local root = mockproc.root()
   local build = root .. "/build/luajit"
-  local main = ("load_module %s/ndk_http_module.so;\nload_module %s/ngx_http_lua_module.so;\n"):format(
-    M.MODULES, M.MODULES)
+  local main = M.LOAD_MODULES
   for _, name in ipairs(opts.env or {}) do main = main .. "env " .. name .. ";\n" end
   local http = ([[
   lua_package_path "%s/?.lua;%s/?/init.lua;%s/spec/support/?.lua;;";
