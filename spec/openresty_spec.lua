@@ -10,30 +10,9 @@ local mockproc = require "mockproc"
 local ngxlua = require "ngxlua"
 local socket = require "socket"
 
+-- A request to the gateway: status, body, head (a body is sent as JSON).
 local function request(port, method, path, body)
-  local c = assert(socket.connect("127.0.0.1", port))
-  c:settimeout(10)
-  local req = ("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"):format(method, path)
-  if body then req = req .. "Content-Type: application/json\r\nContent-Length: " .. #body .. "\r\n" end
-  assert(c:send(req .. "\r\n" .. (body or "")))
-  local all = c:receive("*a")
-  c:close()
-  local status = tonumber(all:match("^HTTP/1%.%d (%d+)"))
-  local head = all:match("^(.-)\r\n\r\n") or ""
-  local text = all:match("\r\n\r\n(.*)$") or ""
-  -- chunked answers from content_by_lua: join the chunks
-  if all:lower():find("transfer%-encoding: chunked") then
-    local out, pos = {}, 1
-    while true do
-      local size, after = text:match("^(%x+)\r\n()", pos)
-      if not size or tonumber(size, 16) == 0 then break end
-      size = tonumber(size, 16)
-      out[#out + 1] = text:sub(after, after + size - 1)
-      pos = after + size + 2
-    end
-    text = table.concat(out)
-  end
-  return status, text, head
+  return ngxlua.http(port, method, path, body, 10, "application/json")
 end
 
 describe("OpenResty gateway example", function()

@@ -141,15 +141,22 @@ function M.start(opts)
   return setmetatable({ n = n, port = n.port, url = n.url, prefix = n.prefix }, N)
 end
 
-local function http(port, method, path, body, timeout)
+--- One request on a fresh connection (Connection: close): status, body
+-- (chunks joined), and the head of the answer (status line and headers).
+-- body, when given, goes with its Content-Length, and content_type.
+local function http(port, method, path, body, timeout, content_type)
   local c = assert(socket.connect("127.0.0.1", port))
   c:settimeout(timeout or 60)
   local head = ("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"):format(method, path)
-  if body then head = head .. "Content-Length: " .. #body .. "\r\n" end
+  if body then
+    if content_type then head = head .. "Content-Type: " .. content_type .. "\r\n" end
+    head = head .. "Content-Length: " .. #body .. "\r\n"
+  end
   assert(c:send(head .. "\r\n" .. (body or "")))
   local all = c:receive("*a") or ""
   c:close()
   local status = tonumber(all:match("^HTTP/1%.%d (%d+)"))
+  local answer_head = all:match("^(.-)\r\n\r\n") or ""
   local text = all:match("\r\n\r\n(.*)$") or ""
   if all:lower():find("transfer%-encoding: chunked") then
     local out, pos = {}, 1
@@ -162,7 +169,7 @@ local function http(port, method, path, body, timeout)
     end
     text = table.concat(out)
   end
-  return status, text
+  return status, text, answer_head
 end
 M.http = http
 
