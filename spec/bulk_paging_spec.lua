@@ -21,6 +21,7 @@ local child = require "child"
 local hostile = require "hostile"
 local mockproc = require "mockproc"
 local testenv = require "testenv"
+local workerproc = require "workerproc"
 
 local ROOT = mockproc.root()
 local OLD, NEW = "old-tracker.example", "new-tracker.example"
@@ -29,9 +30,7 @@ local NEW_CODE = "https://" .. NEW .. "/pb?c={click_id}&s={aff_sub1}"
 local OTHER_CODE = "https://other.example/pb?c={click_id}&s={aff_sub1}"
 local N = testenv.slow and 500 or 5000
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local q = child.quote
 
 local function write_file(path, text)
   local f = assert(io.open(path, "wb"))
@@ -139,15 +138,6 @@ local function list_requests(mock)
   return out
 end
 
--- Whether process pid still runs (a zombie has ended).
-local function running(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return false end
-  local stat = f:read("*a")
-  f:close()
-  return stat:match("^%d+ %b() (%a)") ~= "Z"
-end
-
 -- Kills the process when at least `at` records were written; returns the
 -- writes seen then. Fails when the run ended (or never got there) first.
 local function kill_at(mock, p, at, limit)
@@ -156,7 +146,7 @@ local function kill_at(mock, p, at, limit)
   repeat
     core.sleep(0.02)
     local _, t = writes(mock)
-    total, alive = t, running(p.pid)
+    total, alive = t, workerproc.alive(p.pid)
   until total >= at or not alive or core.now() > deadline
   os.execute("kill -9 " .. p.pid .. " 2>/dev/null")
   local out = p.pipe:read("*a")

@@ -16,9 +16,7 @@ local function sh(cmd)
   return out
 end
 
-local function quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local quote = require("child").quote
 
 local function tmpdir()
   local d = os.tmpname()
@@ -45,11 +43,8 @@ local function write(path, s)
   f:close()
 end
 
--- os.execute succeeded (true on 5.2+, 0 on 5.1 and LuaJIT).
-local function run(cmd)
-  local r = os.execute(cmd)
-  return r == true or r == 0
-end
+-- os.execute succeeded (exit status 0).
+local run = require("fixtures").run
 
 local function exists(path)
   return run("test -e " .. quote(path))

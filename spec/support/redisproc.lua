@@ -33,12 +33,7 @@ function M.available()
 end
 
 --- A free loopback port (bound, then released: a small race, fine for tests).
-function M.free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+M.free_port = require("nginxproc").free_port
 
 -- ---- a minimal RESP client ---------------------------------------------------
 
