@@ -55,25 +55,15 @@ local function absolute(paths)
 end
 local LUA_PATH, LUA_CPATH = absolute(package.path), absolute(package.cpath)
 
--- Starts a Lua script as a real process (in dir, with args): {pid, pipe}
+-- Starts a Lua chunk as a real process (in dir, with args): {pid, pipe}
 -- (stdout and stderr come through the pipe).
-local function spawn(script, args, dir)
-  local quoted = {}
-  for i, a in ipairs(args or {}) do quoted[i] = q(a) end
-  local inner = ("echo $$; cd %s && exec env LUA_PATH=%s LUA_CPATH=%s %s %s %s"):format(
-    q(dir or ROOT), q(LUA_PATH), q(LUA_CPATH), testenv.lua, q(script), table.concat(quoted, " "))
-  local pipe = assert(io.popen("sh -c " .. q(inner) .. " 2>&1"))
-  local pid = tonumber(pipe:read("*l"))
-  assert(pid, "the child did not start")
-  return { pid = pid, pipe = pipe }
+local function spawn(code, args, dir)
+  return child.spawn(code, { args = args, dir = dir, merge_stderr = true })
 end
 
--- Runs a Lua script to its end: its output.
-local function run_script(script, args, dir)
-  local p = spawn(script, args, dir)
-  local out = p.pipe:read("*a")
-  p.pipe:close()
-  return out
+-- Runs a Lua chunk to its end: its output.
+local function run_script(code, args, dir)
+  return child.wait(spawn(code, args, dir))
 end
 
 -- Writes per id at the mock (creates, updates, status changes, deletes).
@@ -148,9 +138,7 @@ local function kill_at(mock, p, at, limit)
     local _, t = writes(mock)
     total, alive = t, workerproc.alive(p.pid)
   until total >= at or not alive or core.now() > deadline
-  os.execute("kill -9 " .. p.pid .. " 2>/dev/null")
-  local out = p.pipe:read("*a")
-  p.pipe:close()
+  local out = child.kill(p)
   assert(alive, ("the run ended before the kill, after %d writes: %s"):format(total, out))
   assert(total >= at, ("only %d writes after %d s: %s"):format(total, limit or 60, out))
   return total, out
@@ -182,12 +170,6 @@ describe("bulk jobs page by key", function()
   local function seed_hosts(n)
     mock:seed { count = n, offer_id = 0, type = 2, code = OLD_CODE }
     mock:seed { count = 50, offer_id = 0, type = 2, code = OTHER_CODE }
-  end
-
-  local function script(name, text)
-    local path = tmp .. "/" .. name
-    write_file(path, text)
-    return path
   end
 
   describe("a migration filtered on the field it changes", function()
@@ -328,7 +310,7 @@ describe("bulk jobs page by key", function()
       mock:fault { fault = "slow", delay = 0.03, method = "GET", match = "/v1/affiliate_postbacks?", times = 1000000 }
       local stop = tmp .. "/stop"
       os.remove(stop)
-      local churn = script("churn.lua", [[
+      local churn = [[
         local base, n, stop = arg[1], tonumber(arg[2]), arg[3]
         local postback = require "postback"
         local core = require "postback.core"
@@ -345,7 +327,7 @@ describe("bulk jobs page by key", function()
           core.sleep(0.003)
         end
         io.write("stopped\n")
-      ]])
+      ]]
       local p = spawn(churn, { mock.url, tostring(n), stop })
       assert.equal("ready", p.pipe:read("*l"))
       local seen, twice, count = {}, {}, 0
@@ -388,7 +370,7 @@ describe("bulk jobs page by key", function()
       seed_hosts(N)
       local journal = tmp .. "/move.journal"
       os.remove(journal)
-      local mig = script("move.lua", ([[
+      local mig = ([[
         local postback = require "postback"
         local c = assert(postback.client { network = "bulk", api_key = "bulk-key", base_url = arg[1] })
         local report = assert(postback.migrate {
@@ -397,7 +379,7 @@ describe("bulk jobs page by key", function()
           transform = postback.transforms.replace_host(%q, %q),
         })
         io.write("done ", report.scanned, " ", report.changed, " ", report.skipped, " ", report.failed, "\n")
-      ]]):format(OLD, OLD, NEW))
+      ]]):format(OLD, OLD, NEW)
       -- each write takes a few ms, so the kills land mid-run
       mock:fault { fault = "slow", delay = 0.005, method = "PUT", times = 1000000 }
       local at1 = kill_at(mock, spawn(mig, { mock.url, journal }), math.floor(N / 4))
@@ -429,19 +411,19 @@ describe("bulk jobs page by key", function()
       -- the recipe needs `postback` and a client `c`; it runs in its own directory
       local dir = tmp .. "/recipe"
       assert(os.execute("mkdir -p " .. q(dir)))
-      local path = script("recipe.lua", ([[
+      local recipe_code = ([[
         local postback = require "postback"
         local c = assert(postback.client { network = "bulk", api_key = "bulk-key", base_url = %q })
-      ]]):format(mock.url) .. recipe)
+      ]]):format(mock.url) .. recipe
       -- {aff_sub} is not a documented macro: the recipe's rename makes these valid
       mock:seed { count = n, offer_id = 0, type = 2, code = "https://" .. OLD .. "/pb?c={click_id}&s={aff_sub}" }
       mock:seed { count = 50, offer_id = 0, type = 2, code = OTHER_CODE }
       mock:fault { fault = "slow", delay = 0.01, method = "PUT", times = 1000000 }
-      local at = kill_at(mock, spawn(path, {}, dir), math.floor(n / 3))
+      local at = kill_at(mock, spawn(recipe_code, {}, dir), math.floor(n / 3))
       assert.is_true(at < n, "the run ended before the kill")
       core.sleep(0.3)
       mock:control("DELETE", "/_mock/faults")
-      local out = run_script(path, {}, dir)
+      local out = run_script(recipe_code, {}, dir)
       local changed, failed = out:match("^(%d+)%s+(%d+)\n")
       assert(changed, "the resumed recipe did not finish: " .. out)
       assert.equal(0, tonumber(failed), out)

@@ -2,6 +2,7 @@
 -- journaled run killed with kill -9 at random moments, then resumed.
 local postback = require "postback"
 local core = require "postback.core"
+local child = require "child"
 local mockproc = require "mockproc"
 local testenv = require "testenv"
 local workerproc = require "workerproc"
@@ -172,18 +173,13 @@ describe("migrate", function()
       local n = testenv.slow and 200 or 1000
       mock:seed { count = n, offer_id = 0, type = 2, code = "https://old.example/pb?c={click_id}" }
       -- a non-idempotent transform: each run would append again without the journal
-      local script = os.tmpname()
-      local f = assert(io.open(script, "w"))
-      f:write(([[
+      local code = ([[
         local postback = require "postback"
         local c = assert(postback.client { network = %q, api_key = %q, base_url = %q })
         local report = assert(postback.migrate { client = c, journal = %q, concurrency = 8,
           transform = function(pb) return { code = pb.code:gsub("old%%.example", "new.example") .. "&m=1" } end })
         io.write("done ", report.changed, "\n")
-      ]]):format(mock.network, mock.api_key, mock.url, journal))
-      f:close()
-      local cmd = ("exec sh -c 'echo $$; exec env LUA_PATH=\"$0\" LUA_CPATH=\"$1\" %s %s' '%s' '%s'"):format(
-        testenv.lua, script, package.path, package.cpath)
+      ]]):format(mock.network, mock.api_key, mock.url, journal)
       mock:control("POST", "/_mock/faults", { fault = "slow", delay = 0.002, times = 1000000, match = "/v1/" })
       -- each run killed once the writes reach a random point (5% to 85% of
       -- n, rising), while it still runs
@@ -193,24 +189,18 @@ describe("migrate", function()
       table.sort(at)
       local kills = 0
       for k = 1, 12 do
-        local p = assert(io.popen(cmd))
-        local pid = tonumber(p:read("*l"))
+        local p = child.spawn(code)
         local deadline, alive = core.now() + 30
         repeat
           core.sleep(0.02)
-          alive = workerproc.alive(pid)
+          alive = workerproc.alive(p.pid)
         until not alive or writes() >= at[k] or core.now() > deadline
-        os.execute("kill -9 " .. pid .. " 2>/dev/null")
-        p:close()
+        child.kill(p)
         assert(alive, ("run %d ended before its kill, after %d writes"):format(k, (writes())))
         kills = kills + 1
       end
       mock:control("DELETE", "/_mock/faults")
-      local p = assert(io.popen(cmd))
-      p:read("*l")
-      local last = p:read("*a")
-      p:close()
-      os.remove(script)
+      local last = child.wait(child.spawn(code))
       assert.matches("^done", last)
       assert.equal(12, kills)
       for pb in c:each { limit = 1000 } do

@@ -80,15 +80,8 @@ local function child(code, uid, gid)
   return out
 end
 
--- Starts a child process running code; returns the pipe and its pid.
-local function spawn(code)
-  local script = os.tmpname()
-  write(script, code)
-  local p = assert(io.popen(("exec sh -c 'echo $$; exec env LUA_PATH=\"$0\" LUA_CPATH=\"$1\" %s %s' %s %s"):format(
-    testenv.lua, script, quote(package.path), quote(package.cpath))))
-  local pid = tonumber(p:read("*l"))
-  return p, pid, script
-end
+-- Children started in the background (child.spawn).
+local background = require "child"
 
 local function owed_ids(sp)
   local ids = {}
@@ -247,17 +240,16 @@ describe("postback.spool", function()
       sp:close()
 
       -- and the other way round: a child holds it
-      local p, pid, script = spawn(([[
+      local p = background.spawn(([[
         local sp = assert(require("postback.spool").open(%q))
         io.write("held\n") io.flush()
         require("postback.core").sleep(1.5)
       ]]):format(path))
-      assert.equal("held", p:read("*l"))
+      assert.equal("held", p.pipe:read("*l"))
       local sp2, err = spool.open(path)
       assert.is_nil(sp2)
-      assert.equal(pid, err.pid)
-      p:close()
-      os.remove(script)
+      assert.equal(p.pid, err.pid)
+      background.wait(p)
       sp2 = assert(spool.open(path)) -- its exit released it
       sp2:close()
     end)
@@ -568,7 +560,7 @@ describe("the dispatcher's spool", function()
 
   it("survives kill -9 while firing and compacting: everything accepted is delivered", function()
     local n = testenv.slow and 1600 or 4000 -- a compaction happens after 1,000 delivered
-    local p, pid, script = spawn(([[
+    local p = background.spawn(([[
       local postback = require "postback"
       local d = assert(postback.dispatcher { allow_private = true, spool = %q, concurrency = 16, timeout = 10 })
       for i = 1, %d do
@@ -581,7 +573,7 @@ describe("the dispatcher's spool", function()
       while true do d:poll(0.05) end
     ]]):format(path, n, code))
     local accepted, compactions = 0, 0
-    for line in p:lines() do
+    for line in p.pipe:lines() do
       local i, c = line:match("^A (%d+) (%d+)")
       if i then
         accepted, compactions = tonumber(i), tonumber(c)
@@ -590,9 +582,7 @@ describe("the dispatcher's spool", function()
         break
       end
     end
-    os.execute("kill -9 " .. pid)
-    p:close()
-    os.remove(script)
+    background.kill(p)
     assert.is_true(compactions >= 1, "no compaction before the kill")
     local reports, on_error = collector()
     local d = assert(postback.dispatcher { allow_private = true, spool = path, concurrency = 32, on_error = on_error })

@@ -16,6 +16,10 @@
 -- child.run_all(cases, parallel) runs {code, opts} cases, `parallel` at a
 -- time, and returns their results in order. The child uses the interpreter
 -- of the run (testenv.lua) with this process's module paths.
+--
+-- child.spawn(code, opts) starts a child in the background instead
+-- ({pid, pipe}); child.kill(p) kills it (kill -9), child.wait(p) waits for
+-- its end; both give the rest of its output.
 local cjson = require("cjson.safe").new()
 local socket = require "socket"
 local testenv = require "testenv"
@@ -151,6 +155,58 @@ end
 
 --- A string quoted for the shell.
 M.quote = shell_quote
+
+-- This process's module paths with relative entries made absolute (a
+-- spawned child may run in another directory).
+local function absolute(paths)
+  local p = assert(io.popen("pwd"))
+  local cwd = p:read("*l")
+  p:close()
+  local out = {}
+  for entry in paths:gmatch("[^;]+") do
+    if entry:sub(1, 1) ~= "/" then entry = cwd .. "/" .. entry end
+    out[#out + 1] = entry
+  end
+  return table.concat(out, ";") .. ";;"
+end
+
+--- Starts a chunk of Lua in a child process in the background, with the
+-- interpreter of the run and this process's module paths, and returns
+-- {pid =, pipe =}: the pipe reads its output. opts: args (strings: arg[1],
+-- ...), dir (its working directory), merge_stderr (its stderr into the
+-- pipe too). End it with child.kill(p) or child.wait(p).
+function M.spawn(code, opts)
+  opts = opts or {}
+  local script = os.tmpname()
+  spit(script, code)
+  local args = {}
+  for i, a in ipairs(opts.args or {}) do args[i] = shell_quote(a) end
+  local inner = ("echo $$; %sexec env LUA_PATH=%s LUA_CPATH=%s %s %s %s"):format(
+    opts.dir and ("cd " .. shell_quote(opts.dir) .. " && ") or "", shell_quote(absolute(package.path)),
+    shell_quote(absolute(package.cpath)), testenv.lua, shell_quote(script), table.concat(args, " "))
+  local pipe = assert(io.popen("exec sh -c " .. shell_quote(inner) .. (opts.merge_stderr and " 2>&1" or "")))
+  local pid = tonumber(pipe:read("*l"))
+  if not pid then
+    pipe:close()
+    os.remove(script)
+    error("the child did not start", 2)
+  end
+  return { pid = pid, pipe = pipe, script = script }
+end
+
+--- Waits until a spawned child ends: the rest of its output.
+function M.wait(p)
+  local out = p.pipe:read("*a") or ""
+  p.pipe:close()
+  os.remove(p.script)
+  return out
+end
+
+--- Kills a spawned child (kill -9): the rest of its output.
+function M.kill(p)
+  os.execute(("kill -9 %d 2>/dev/null"):format(p.pid))
+  return M.wait(p)
+end
 
 --- A one-line account of a child's outcome, for assertion messages.
 function M.describe(r)
