@@ -424,26 +424,34 @@ describe("postback.validate code", function()
     end
   end)
 
-  -- An installed locale whose decimal point is a comma (`locale -a`, and
-  -- the locales in $LOCPATH), or nil.
+  -- A locale whose decimal point is a comma: an installed one (`locale -a`,
+  -- and the locales in $LOCPATH), else one localedef builds into a scratch
+  -- LOCPATH (Latin-1, a codeset that is not UTF-8). Returns its name and the
+  -- LOCPATH it needs (nil for an installed one), or nil.
   local function comma_locale()
     local names = {}
     local p = io.popen("locale -a 2>/dev/null; ls \"$LOCPATH\" 2>/dev/null")
     for name in p:lines() do names[#names + 1] = name end
     p:close()
-    for _, name in ipairs(names) do
-      if name:match("^[%w_.@-]+$") and name ~= "C" and name ~= "POSIX" then
-        p = io.popen(("LC_ALL=%s locale decimal_point 2>/dev/null"):format(name))
-        local point = p:read("*l")
-        p:close()
-        if point == "," then return name end
-      end
+    local function comma(name, locpath)
+      local env = locpath and ("LOCPATH=" .. child.quote(locpath) .. " ") or ""
+      p = io.popen(("%sLC_ALL=%s locale decimal_point 2>/dev/null"):format(env, child.quote(name)))
+      local point = p:read("*l")
+      p:close()
+      return point == ","
     end
+    for _, name in ipairs(names) do
+      if name:match("^[%w_.@-]+$") and name ~= "C" and name ~= "POSIX" and comma(name) then return name end
+    end
+    local dir = F.tmpdir()
+    local name = "de_DE.ISO-8859-1"
+    os.execute(("localedef -i de_DE -f ISO-8859-1 %s >/dev/null 2>&1"):format(child.quote(dir .. "/" .. name)))
+    if comma(name, dir) then return name, dir end
   end
 
   it("accepts and refuses the same internationalised hosts whatever the locale (a comma-decimal one)", function()
-    local loc = comma_locale()
-    if not loc then return pending("no locale with a decimal comma is installed (locale -a)") end
+    local loc, locpath = comma_locale()
+    if not loc then return pending("no locale with a decimal comma is installed, and localedef cannot build one") end
     local list = {}
     for _, u in ipairs(IDN_OK) do list[#list + 1] = ("%q"):format(u) end
     for _, u in ipairs(IDN_BAD) do list[#list + 1] = ("%q"):format(u) end
@@ -460,8 +468,10 @@ describe("postback.validate code", function()
       end
       return { locale = loc, numeric = os.setlocale(nil, "numeric"), results = out }
     ]]):format(table.concat(list, ", ")), { wrap = function(cmd)
-      return ("env LC_ALL=%s LC_NUMERIC=%s %s"):format(child.quote(loc), child.quote(loc), cmd)
+      local env = locpath and ("LOCPATH=" .. child.quote(locpath) .. " ") or ""
+      return ("env %sLC_ALL=%s LC_NUMERIC=%s %s"):format(env, child.quote(loc), child.quote(loc), cmd)
     end })
+    if locpath then os.execute("rm -rf " .. child.quote(locpath)) end
     assert(r.value, child.describe(r))
     assert.equal(loc, r.value.locale) -- in force
     assert.equal(loc, r.value.numeric)

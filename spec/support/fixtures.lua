@@ -207,6 +207,14 @@ function M.sh(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
+--- A new empty scratch directory (mode 0755), its path.
+function M.tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  assert(os.execute("mkdir -m 0755 " .. M.sh(d)), "cannot make a scratch directory")
+  return d
+end
+
 --- The repository root (this file is spec/support/fixtures.lua), absolute.
 function M.root()
   local src = debug.getinfo(1, "S").source:gsub("^@", "")
