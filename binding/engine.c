@@ -415,6 +415,13 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
         url = pb_buf_str(out);
         len = out->len;
     }
+    if (!le->e) {
+        /* closed by Lua code of this fire: an __index of the values, or
+         * the iterator of a feed */
+        if (out) release_url_buf(le, sc);
+        lua_settop(L, top);
+        return luaL_error(L, "engine was closed while firing");
+    }
     if (memchr(url, '\0', len)) {
         rc = PB_EINVAL;
         strcpy(why, "URL contains CR, LF or NUL");
