@@ -170,6 +170,7 @@ static int l_engine(lua_State *L)
     pb_engine_opts o;
     pb_req profile;
     lengine *le;
+    lnetpolicy *lp = NULL; /* owns the policy until the engine does */
     const char *small[16], **hdrs = small;
     char why[160];
     int t = pb_opttable(L, 1) ? 1 : 0, bad = 0;
@@ -195,18 +196,16 @@ static int l_engine(lua_State *L)
         lua_getfield(L, t, "destinations");
         if (lua_toboolean(L, -1)) {
             /* every address checked against the destination policy */
-            pb_netpolicy *p = pb_netpolicy_new(NULL);
             int rc;
-            if (!p) return pb_fail_nomem(L);
-            rc = pb_netpolicy_apply(L, t, 1, "engine", p, why, sizeof why);
-            if (rc != PB_OK) {
-                pb_netpolicy_free(p);
-                if (rc == PB_ENOMEM) return pb_fail_nomem(L);
-                return luaL_argerror(L, 1, why);
-            }
-            o.policy = p;
+            lua_pop(L, 2);
+            lp = push_netpolicy(L); /* stays on the stack */
+            rc = pb_netpolicy_apply(L, t, 1, "engine", lp->p, why, sizeof why);
+            if (rc == PB_ENOMEM) return pb_fail_nomem(L);
+            if (rc != PB_OK) return luaL_argerror(L, 1, why);
+            o.policy = lp->p;
+        } else {
+            lua_pop(L, 2);
         }
-        lua_pop(L, 2);
     }
     le = (lengine *)pb_newuserdata(L, sizeof *le, 1);
     le->e = NULL;
@@ -223,10 +222,8 @@ static int l_engine(lua_State *L)
         pb_setuservalue(L, -2);
     }
     le->e = pb_engine_new(&o, why, sizeof why);
-    if (!le->e) {
-        pb_netpolicy_free(o.policy);
-        return luaL_error(L, "cannot create the engine: %s", why);
-    }
+    if (!le->e) return luaL_error(L, "cannot create the engine: %s", why);
+    if (lp) lp->p = NULL; /* the engine's now */
     return 1;
 }
 

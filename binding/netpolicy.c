@@ -53,6 +53,18 @@ static lnetpolicy *check_netpolicy(lua_State *L, int i)
     return lp;
 }
 
+/* Pushes a policy userdata owning a new, empty policy (freed by its __gc
+ * even when the caller raises); raises on memory failure. */
+static lnetpolicy *push_netpolicy(lua_State *L)
+{
+    lnetpolicy *lp = (lnetpolicy *)pb_newuserdata(L, sizeof *lp, 0);
+    lp->p = NULL;
+    pb_setmetatable(L, PB_NETPOLICY_MT);
+    lp->p = pb_netpolicy_new(NULL);
+    if (!lp->p) pb_fail_nomem(L);
+    return lp;
+}
+
 /* netpolicy([opts]) -> policy | nil, reason */
 static int l_netpolicy(lua_State *L)
 {
@@ -60,11 +72,7 @@ static int l_netpolicy(lua_State *L)
     char why[PB_NETPOLICY_WHY];
     int rc;
     if (!lua_isnoneornil(L, 1)) pb_checktype(L, 1, LUA_TTABLE);
-    lp = (lnetpolicy *)pb_newuserdata(L, sizeof *lp, 0);
-    lp->p = NULL;
-    pb_setmetatable(L, PB_NETPOLICY_MT);
-    lp->p = pb_netpolicy_new(NULL);
-    if (!lp->p) return pb_fail_nomem(L);
+    lp = push_netpolicy(L);
     if (lua_isnoneornil(L, 1)) return 1;
     rc = pb_netpolicy_apply(L, 1, 1, "netpolicy", lp->p, why, sizeof why);
     if (rc == PB_ENOMEM) return pb_fail_nomem(L);
