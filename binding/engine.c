@@ -374,7 +374,7 @@ static void release_url_buf(lengine *le, pb_scratch *sc)
 
 /* Renders target (at ti: a code string or a template) with the values at vi
  * (0 = none) and starts it as a plain fire with `tag`. Returns 0 on success,
- * else pushes nil, err and returns 2. Leaves the stack otherwise as it was. */
+ * with the stack as it was, else pushes nil, err and returns 2. */
 static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long long tag,
                     const pb_render_opts *ro)
 {
@@ -390,10 +390,14 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
         if (!memchr(code, '{', len) && !memchr(code, '%', len)) {
             url = code; /* nothing to render */
         } else {
-            out = acquire_url_buf(L, le, &sc);
+            /* the state's buffer: the lookups run Lua code as it renders,
+             * and one that raises does not leave it in use for good */
+            sc = scratch_acquire(L);
+            out = &sc->b;
             rc = render_code_into(L, code, len, vi, ro, out);
             if (rc != PB_OK) {
                 release_url_buf(le, sc);
+                if (rc == PB_ENOMEM) return pb_fail_nomem(L);
                 return rc;
             }
             url = pb_buf_str(out);
@@ -402,12 +406,15 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
     } else {
         ltemplate *lt = check_template(L, ti);
         pb_render_err err;
-        const char *tname;
-        out = acquire_url_buf(L, le, &sc);
-        rc = render_into(L, lt, ti, vi, ro, out, &err, &tname);
+        pb_value small[16];
+        const pb_value *vals = lookup_values(L, lt, ti, vi, small, sizeof small / sizeof small[0]);
+        out = acquire_url_buf(L, le, &sc); /* once the lookups' Lua code has run */
+        rc = pb_template_render(lt->t, vals, ro, out, &err);
         if (rc != PB_OK) {
             release_url_buf(le, sc);
-            return push_render_error(L, rc, lt->t->src + err.name_off, err.name_len, tname);
+            if (rc == PB_ENOMEM || rc == PB_ELIMIT) return pb_fail_nomem(L);
+            return push_render_error(L, rc, lt->t->src + err.name_off, err.name_len,
+                                     rc == PB_RERR_BADTYPE ? vals[err.slot].s : NULL);
         }
         url = pb_buf_str(out);
         len = out->len;

@@ -196,9 +196,10 @@ static void register_class(lua_State *L, const char *name, const luaL_Reg *meta,
 }
 
 /* Output buffers for renders: one per state, kept in the registry and
- * reused; a render that starts while it is in use (from a metamethod of a
- * values table) gets a fresh one on the stack, freed by the collector even
- * when the render raises. */
+ * reused. A render that finds it in use (re-entered from a metamethod of a
+ * values table, or after a render that raised and never released it) puts
+ * a fresh one in its place; the one in use stays alive on the stack of the
+ * render that took it, and the collector frees whichever is dropped. */
 #define PB_SCRATCH_KEY "postback.scratch"
 #define PB_SCRATCH_MT "postback.scratch_buffer"
 
@@ -229,21 +230,20 @@ static pb_scratch *scratch_new(lua_State *L)
     return sc;
 }
 
-/* A reset buffer to render into. May push a userdata (a fresh buffer): call
- * it before taking stack positions relative to the top. */
+/* A reset buffer to render into, the state's. Pushes it (it stays on the
+ * stack until the caller returns): call it before taking stack positions
+ * relative to the top. */
 static pb_scratch *scratch_acquire(lua_State *L)
 {
     pb_scratch *sc;
     lua_getfield(L, LUA_REGISTRYINDEX, PB_SCRATCH_KEY);
     sc = (pb_scratch *)lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    if (!sc) {
+    if (!sc || sc->busy) {
+        lua_pop(L, 1);
         sc = scratch_new(L);
         sc->shared = 1;
+        lua_pushvalue(L, -1);
         lua_setfield(L, LUA_REGISTRYINDEX, PB_SCRATCH_KEY);
-    }
-    if (sc->busy) {
-        sc = scratch_new(L); /* stays on the stack until the caller returns */
     }
     sc->busy = 1;
     pb_buf_reset(&sc->b);

@@ -113,21 +113,20 @@ static void read_render_opts(lua_State *L, int oi, int optarg, pb_render_opts *r
     ro->encode = pb_optenum(L, oi, optarg, "encode", "url", encode_names);
 }
 
-/* Renders template lt (userdata at index ti) with the values table at vi
- * (0 = none) into out. On a value problem returns it (PB_RERR_*) with err
- * set and *tname the bad value's type; raises on memory failure. The stack
- * is left as it was. */
-static int render_into(lua_State *L, ltemplate *lt, int ti, int vi, const pb_render_opts *ro,
-                       pb_buf *out, pb_render_err *err, const char **tname)
+/* Looks the values of template lt (userdata at index ti) up in the table at
+ * vi (0 = none) and returns them: in small when it has room for them. May
+ * run Lua code (an __index) and raise. What the values need stays on the
+ * stack: the caller restores the top once done with them. */
+static pb_value *lookup_values(lua_State *L, ltemplate *lt, int ti, int vi, pb_value *small,
+                               size_t nsmall)
 {
     pb_template *t = lt->t;
-    pb_value small[16], *vals = small;
-    int top = lua_gettop(L), rc;
+    pb_value *vals = small;
     size_t i;
 
-    if (t->nnames > 0x7fffffff) return luaL_error(L, "template has too many macros to render");
-    if (t->nnames > sizeof small / sizeof small[0]) {
-        if (t->nnames > (size_t)-1 / sizeof *vals) return pb_fail_nomem(L);
+    if (t->nnames > 0x7fffffff) luaL_error(L, "template has too many macros to render");
+    if (t->nnames > nsmall) {
+        if (t->nnames > (size_t)-1 / sizeof *vals) pb_fail_nomem(L);
         vals = (pb_value *)pb_newuserdata(L, t->nnames * sizeof *vals, 0);
     }
     if (vi && t->nnames && !lua_getmetatable(L, vi)) {
@@ -142,9 +141,10 @@ static int render_into(lua_State *L, ltemplate *lt, int ti, int vi, const pb_ren
         }
     } else if (vi && t->nnames) {
         /* With a metatable (__index may make values): looked-up values must
-         * stay alive while their strings are used: on the stack when few,
-         * else in a table (stacks are limited). */
-        int on_stack = t->nnames <= 64 && lua_checkstack(L, (int)t->nnames + 4);
+         * stay alive while their strings are used: on the stack when few
+         * (with the usual room left above them for the caller), else in a
+         * table (stacks are limited). */
+        int on_stack = t->nnames <= 64 && lua_checkstack(L, (int)t->nnames + LUA_MINSTACK);
         int names, keep = 0;
         lua_pop(L, 1); /* the metatable */
         pb_getuservalue(L, ti);
@@ -162,11 +162,7 @@ static int render_into(lua_State *L, ltemplate *lt, int ti, int vi, const pb_ren
     } else {
         memset(vals, 0, t->nnames * sizeof *vals);
     }
-    rc = pb_template_render(t, vals, ro, out, err);
-    *tname = rc == PB_RERR_BADTYPE ? vals[err->slot].s : NULL;
-    lua_settop(L, top);
-    if (rc == PB_ENOMEM || rc == PB_ELIMIT) return pb_fail_nomem(L);
-    return rc;
+    return vals;
 }
 
 /* Renders template lt (at ti) with values at vi (0 = none) and options at
@@ -175,23 +171,28 @@ static int render(lua_State *L, ltemplate *lt, int ti, int vi, int oi, int optar
 {
     pb_render_opts ro;
     pb_render_err err;
+    pb_value small[16], *vals;
     pb_scratch *sc;
-    const char *tname;
     int rc;
 
     read_render_opts(L, oi, optarg, &ro);
+    vals = lookup_values(L, lt, ti, vi, small, sizeof small / sizeof small[0]);
+    /* The buffer is taken once the Lua code of the lookups has run: nothing
+     * raises while it is in use. */
     if (!lt->out.busy) {
         sc = &lt->out;
         sc->busy = 1;
         pb_buf_reset(&sc->b);
     } else {
-        sc = scratch_acquire(L); /* a render re-entered from a metamethod */
+        sc = scratch_acquire(L); /* a render entered from a finalizer */
     }
-    rc = render_into(L, lt, ti, vi, &ro, &sc->b, &err, &tname);
+    rc = pb_template_render(lt->t, vals, &ro, &sc->b, &err);
     if (rc == PB_OK) lua_pushlstring(L, pb_buf_str(&sc->b), sc->b.len);
     scratch_release(sc);
     if (rc == PB_OK) return 1;
-    return push_render_error(L, rc, lt->t->src + err.name_off, err.name_len, tname);
+    if (rc == PB_ENOMEM || rc == PB_ELIMIT) return pb_fail_nomem(L);
+    return push_render_error(L, rc, lt->t->src + err.name_off, err.name_len,
+                             rc == PB_RERR_BADTYPE ? vals[err.slot].s : NULL);
 }
 
 /* Values of a one-pass render: looked up in the table at vi as the
@@ -218,8 +219,9 @@ static void stream_lookup(void *ud, const char *name, size_t len, pb_value *out)
 }
 
 /* Renders code (not parsed into a template) with the values at vi (0 =
- * none) into out, in one pass. Returns PB_OK or pushes nil, err and returns
- * 2; raises on memory failure. The stack is otherwise left as it was. */
+ * none) into out, in one pass. Returns PB_OK, PB_ENOMEM (for the caller to
+ * raise once out is released), or pushes nil, err and returns 2. The stack
+ * is otherwise left as it was. */
 static int render_code_into(lua_State *L, const char *code, size_t len, int vi,
                             const pb_render_opts *ro, pb_buf *out)
 {
@@ -236,7 +238,7 @@ static int render_code_into(lua_State *L, const char *code, size_t len, int vi,
         lua_pop(L, 1);
     }
     if (rc == PB_OK) return PB_OK;
-    if (rc == PB_ENOMEM || rc == PB_ELIMIT) return pb_fail_nomem(L);
+    if (rc == PB_ENOMEM || rc == PB_ELIMIT) return PB_ENOMEM;
     return push_render_error(L, rc, code + err.name_off, err.name_len, tname);
 }
 
@@ -270,6 +272,7 @@ static int l_render(lua_State *L)
     rc = render_code_into(L, code, len, vi, &ro, &sc->b);
     if (rc == PB_OK) lua_pushlstring(L, pb_buf_str(&sc->b), sc->b.len);
     scratch_release(sc);
+    if (rc == PB_ENOMEM) return pb_fail_nomem(L);
     return rc == PB_OK ? 1 : rc;
 }
 

@@ -93,3 +93,35 @@ describe("core.engine options that raise", function()
     end
   end)
 end)
+
+describe("core.engine after a fire's values raised", function()
+  local core = require "postback.core"
+  local F = require "fixtures"
+
+  it("keeps reusing its buffers", function()
+    local e = core.engine { max_running = 1 }
+    local code = "http://127.0.0.1:9/p?c={click_id}"
+    local t = core.template(code)
+    local strict = setmetatable({}, { __index = function(_, k) error("no value for " .. k, 0) end })
+    assert.is_false(pcall(e.fire, e, code, strict, 1))
+    assert.is_false(pcall(e.fire, e, t, strict, 2))
+    assert.is_false(pcall(core.render, code, strict))
+    -- With the collector stopped, fires that reuse a buffer allocate next to
+    -- nothing on the Lua heap (their transfers are C memory).
+    local n = F.size(5000)
+    local values = { click_id = "abc" }
+    collectgarbage("collect")
+    collectgarbage("stop")
+    local before = collectgarbage("count")
+    for i = 1, n do
+      if not (e:fire(code, values, 2 * i) and e:fire(t, values, 2 * i + 1)) then
+        collectgarbage("restart")
+        error("a fire was refused")
+      end
+    end
+    local grew = collectgarbage("count") - before
+    collectgarbage("restart")
+    e:close()
+    assert.is_true(grew < 16, ("%d fires allocated %.1f KiB"):format(2 * n, grew))
+  end)
+end)

@@ -694,6 +694,33 @@ describe("postback.render re-entered from a metamethod", function()
     assert.are.equal("fine", t:render({ click_id = "fine" }))
   end)
 
+  it("keeps reusing its buffers after an error raised inside a metamethod", function()
+    local code = "https://t.example/p?c={click_id}&s={aff_sub}"
+    local t = postback.template(code)
+    local values = { click_id = "abc", aff_sub = "d" }
+    local strict = setmetatable({}, { __index = function(_, k) error("no value for " .. k, 0) end })
+    assert.is_false(pcall(render, code, strict))
+    assert.is_false(pcall(t.render, t, strict))
+    assert.is_false(pcall(render, t, strict))
+    -- Every render below reuses a buffer: with the collector stopped, the
+    -- Lua heap grows by little more than nothing (one new buffer at most; a
+    -- buffer allocated per render would be 16 bytes and more each).
+    local n = F.size(20000)
+    local want = "https://t.example/p?c=abc&s=d"
+    collectgarbage("collect")
+    collectgarbage("stop")
+    local before = collectgarbage("count")
+    for _ = 1, n do
+      if render(code, values) ~= want or t:render(values) ~= want then
+        collectgarbage("restart")
+        error("a render went wrong")
+      end
+    end
+    local grew = collectgarbage("count") - before
+    collectgarbage("restart")
+    assert.is_true(grew < 16, ("%d renders allocated %.1f KiB"):format(2 * n, grew))
+  end)
+
   it("renders another template from inside a metamethod", function()
     local t1 = postback.template("1:{click_id}")
     local t2 = postback.template("2:{click_id}")
