@@ -16,8 +16,7 @@
 
 typedef struct lengine {
     pb_engine *e;
-    pb_buf url; /* rendered URLs */
-    int busy;   /* url in use (a render re-entered from a metamethod) */
+    pb_scratch url; /* URLs rendered from templates */
 } lengine;
 
 /* Keys of the result tables drain builds, interned once per engine (in its
@@ -209,8 +208,8 @@ static int l_engine(lua_State *L)
     }
     le = (lengine *)pb_newuserdata(L, sizeof *le, 1);
     le->e = NULL;
-    le->busy = 0;
-    pb_buf_init(&le->url, NULL);
+    le->url.busy = 0;
+    pb_buf_init(&le->url.b, NULL);
     pb_setmetatable(L, PB_ENGINE_MT);
     {
         int k;
@@ -232,7 +231,7 @@ static int l_engine_close(lua_State *L)
     lengine *le = (lengine *)luaL_checkudata(L, 1, PB_ENGINE_MT);
     pb_engine_free(le->e);
     le->e = NULL;
-    pb_buf_free(&le->url);
+    pb_buf_free(&le->url.b);
     return 0;
 }
 
@@ -348,30 +347,6 @@ static int l_engine_get(lua_State *L)
     return push_started(L, pb_engine_get(le->e, url, len, tag, user, why, sizeof why), why);
 }
 
-/* The buffer to render a URL into: the engine's own, or a scratch one when
- * a render is already using it (re-entered from a metamethod). */
-static pb_buf *acquire_url_buf(lua_State *L, lengine *le, pb_scratch **sc)
-{
-    if (!le->busy) {
-        le->busy = 1;
-        pb_buf_reset(&le->url);
-        *sc = NULL;
-        return &le->url;
-    }
-    *sc = scratch_acquire(L);
-    return &(*sc)->b;
-}
-
-static void release_url_buf(lengine *le, pb_scratch *sc)
-{
-    if (sc) {
-        scratch_release(sc);
-        return;
-    }
-    le->busy = 0;
-    if (le->url.cap > 65536) pb_buf_free(&le->url);
-}
-
 /* Renders target (at ti: a code string or a template) with the values at vi
  * (0 = none) and starts it as a plain fire with `tag`. Returns 0 on success,
  * with the stack as it was, else pushes nil, err and returns 2. */
@@ -383,7 +358,6 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
     char why[160];
     int rc, top = lua_gettop(L);
     pb_scratch *sc = NULL;
-    pb_buf *out = NULL;
 
     if (lua_type(L, ti) == LUA_TSTRING) {
         const char *code = lua_tolstring(L, ti, &len);
@@ -392,37 +366,36 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
         } else {
             /* the state's buffer: the lookups run Lua code as it renders,
              * and one that raises does not leave it in use for good */
-            sc = scratch_acquire(L);
-            out = &sc->b;
-            rc = render_code_into(L, code, len, vi, ro, out);
+            sc = scratch_take(L, NULL);
+            rc = render_code_into(L, code, len, vi, ro, &sc->b);
             if (rc != PB_OK) {
-                release_url_buf(le, sc);
+                scratch_release(sc);
                 if (rc == PB_ENOMEM) return pb_fail_nomem(L);
                 return rc;
             }
-            url = pb_buf_str(out);
-            len = out->len;
+            url = pb_buf_str(&sc->b);
+            len = sc->b.len;
         }
     } else {
         ltemplate *lt = check_template(L, ti);
         pb_render_err err;
         pb_value small[16];
         const pb_value *vals = lookup_values(L, lt, ti, vi, small, sizeof small / sizeof small[0]);
-        out = acquire_url_buf(L, le, &sc); /* once the lookups' Lua code has run */
-        rc = pb_template_render(lt->t, vals, ro, out, &err);
+        sc = scratch_take(L, &le->url); /* once the lookups' Lua code has run */
+        rc = pb_template_render(lt->t, vals, ro, &sc->b, &err);
         if (rc != PB_OK) {
-            release_url_buf(le, sc);
+            scratch_release(sc);
             if (rc == PB_ENOMEM || rc == PB_ELIMIT) return pb_fail_nomem(L);
             return push_render_error(L, rc, lt->t->src + err.name_off, err.name_len,
                                      rc == PB_RERR_BADTYPE ? vals[err.slot].s : NULL);
         }
-        url = pb_buf_str(out);
-        len = out->len;
+        url = pb_buf_str(&sc->b);
+        len = sc->b.len;
     }
     if (!le->e) {
         /* closed by Lua code of this fire: an __index of the values, or
          * the iterator of a feed */
-        if (out) release_url_buf(le, sc);
+        if (sc) scratch_release(sc);
         lua_settop(L, top);
         return luaL_error(L, "engine was closed while firing");
     }
@@ -433,7 +406,7 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
         rc = pb_engine_get(le->e, url, len, tag, url_has_userinfo(url, len) ? 0 : PB_FIRE_FAST,
                            why, sizeof why);
     }
-    if (out) release_url_buf(le, sc);
+    if (sc) scratch_release(sc);
     lua_settop(L, top);
     if (rc == PB_OK) return 0;
     if (rc == PB_ENOMEM) return pb_fail_nomem(L);

@@ -12,11 +12,6 @@
 
 #define PB_JSON_MAX_DEPTH 64 /* tables nested deeper are refused (cycles too) */
 
-typedef struct jscratch {
-    pb_buf buf; /* reused output buffer */
-    int busy;   /* buf in use */
-} jscratch;
-
 typedef struct jlevel {
     int key;     /* object: stack index of the current key; array: 0 */
     long long i; /* array: the current index */
@@ -256,30 +251,25 @@ static int json_value(jenc *j, int idx)
 /* json_encode(v) -> text | nil, message */
 static int l_json_encode(lua_State *L)
 {
-    jscratch *sc = (jscratch *)lua_touserdata(L, lua_upvalueindex(1));
+    pb_scratch *sc;
     jenc j;
-    pb_buf local;
-    int rc;
+    int rc, top;
     luaL_checkany(L, 1);
     lua_settop(L, 1);
+    /* its own buffer (upvalue 1), or the state's when entered again from a
+     * finalizer */
+    sc = scratch_take(L, (pb_scratch *)lua_touserdata(L, lua_upvalueindex(1)));
+    top = lua_gettop(L);
     j.L = L;
     j.depth = 0;
     j.msg[0] = '\0';
-    if (sc->busy) { /* entered again from a finalizer: a buffer of its own */
-        pb_buf_init(&local, NULL);
-        j.out = &local;
-    } else {
-        sc->busy = 1;
-        j.out = &sc->buf;
-        pb_buf_reset(j.out);
-    }
+    j.out = &sc->b;
     rc = json_value(&j, 1);
-    lua_settop(L, 1);
+    lua_settop(L, top);
     /* The push may run a finalizer (5.1 collects before copying): the buffer
      * stays busy until the copy is made. */
     if (rc == 0) lua_pushlstring(L, pb_buf_str(j.out), j.out->len);
-    if (j.out == &sc->buf) sc->busy = 0;
-    if (j.out != &sc->buf || j.out->cap > 65536) pb_buf_free(j.out); /* no huge buffer kept */
+    scratch_release(sc);
     if (rc == 0) return 1;
     if (rc == -2) return luaL_error(L, "json_encode: %s", j.msg);
     lua_pushnil(L);
@@ -287,22 +277,9 @@ static int l_json_encode(lua_State *L)
     return 2;
 }
 
-static int l_json_scratch_gc(lua_State *L)
-{
-    jscratch *sc = (jscratch *)lua_touserdata(L, 1);
-    pb_buf_free(&sc->buf);
-    return 0;
-}
-
 static void open_json(lua_State *L)
 {
-    jscratch *sc = (jscratch *)pb_newuserdata(L, sizeof *sc, 0);
-    pb_buf_init(&sc->buf, NULL);
-    sc->busy = 0;
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, l_json_scratch_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
+    scratch_new(L);
     lua_pushcclosure(L, l_json_encode, 1);
     lua_setfield(L, -2, "json_encode");
 }

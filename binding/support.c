@@ -195,18 +195,20 @@ static void register_class(lua_State *L, const char *name, const luaL_Reg *meta,
     lua_pop(L, 1);
 }
 
-/* Output buffers for renders: one per state, kept in the registry and
- * reused. A render that finds it in use (re-entered from a metamethod of a
- * values table, or after a render that raised and never released it) puts
- * a fresh one in its place; the one in use stays alive on the stack of the
- * render that took it, and the collector frees whichever is dropped. */
+/* Reusable output buffers, for renders, fires and json_encode. A template,
+ * an engine and json_encode each have one of their own; a state has one
+ * more, kept in the registry, for whoever finds theirs in use or has none.
+ * Whoever finds the state's in use (a render re-entered from a metamethod
+ * of a values table, or one after a render that raised and never released
+ * it) puts a fresh one in its place: the one in use stays alive on the
+ * stack of the call that took it, and the collector frees whichever is
+ * dropped. */
 #define PB_SCRATCH_KEY "postback.scratch"
 #define PB_SCRATCH_MT "postback.scratch_buffer"
 
 typedef struct pb_scratch {
     pb_buf b;
     int busy;
-    int shared; /* the registry's */
 } pb_scratch;
 
 static int l_scratch_gc(lua_State *L)
@@ -216,12 +218,12 @@ static int l_scratch_gc(lua_State *L)
     return 0;
 }
 
+/* Pushes a userdata holding a free buffer (freed by the collector). */
 static pb_scratch *scratch_new(lua_State *L)
 {
     pb_scratch *sc = (pb_scratch *)pb_newuserdata(L, sizeof *sc, 0);
     pb_buf_init(&sc->b, NULL);
     sc->busy = 0;
-    sc->shared = 0;
     if (luaL_newmetatable(L, PB_SCRATCH_MT)) {
         lua_pushcfunction(L, l_scratch_gc);
         lua_setfield(L, -2, "__gc");
@@ -230,20 +232,21 @@ static pb_scratch *scratch_new(lua_State *L)
     return sc;
 }
 
-/* A reset buffer to render into, the state's. Pushes it (it stays on the
- * stack until the caller returns): call it before taking stack positions
- * relative to the top. */
-static pb_scratch *scratch_acquire(lua_State *L)
+/* A reset buffer to write into: own (the caller's, NULL for none) when it is
+ * free, else the state's, which is pushed (it stays on the stack until the
+ * caller returns): take stack positions relative to the top only after. */
+static pb_scratch *scratch_take(lua_State *L, pb_scratch *own)
 {
-    pb_scratch *sc;
-    lua_getfield(L, LUA_REGISTRYINDEX, PB_SCRATCH_KEY);
-    sc = (pb_scratch *)lua_touserdata(L, -1);
+    pb_scratch *sc = own;
     if (!sc || sc->busy) {
-        lua_pop(L, 1);
-        sc = scratch_new(L);
-        sc->shared = 1;
-        lua_pushvalue(L, -1);
-        lua_setfield(L, LUA_REGISTRYINDEX, PB_SCRATCH_KEY);
+        lua_getfield(L, LUA_REGISTRYINDEX, PB_SCRATCH_KEY);
+        sc = (pb_scratch *)lua_touserdata(L, -1);
+        if (!sc || sc->busy) {
+            lua_pop(L, 1);
+            sc = scratch_new(L);
+            lua_pushvalue(L, -1);
+            lua_setfield(L, LUA_REGISTRYINDEX, PB_SCRATCH_KEY);
+        }
     }
     sc->busy = 1;
     pb_buf_reset(&sc->b);

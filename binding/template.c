@@ -2,7 +2,7 @@
 
 typedef struct ltemplate {
     pb_template *t;
-    pb_scratch out; /* its own output buffer (shared = 1: never on the stack) */
+    pb_scratch out; /* its own output buffer */
 } ltemplate;
 
 static ltemplate *check_template(lua_State *L, int i)
@@ -20,7 +20,6 @@ static ltemplate *push_template(lua_State *L, const char *code, size_t len)
     lt->t = NULL;
     pb_buf_init(&lt->out.b, NULL);
     lt->out.busy = 0;
-    lt->out.shared = 1;
     pb_setmetatable(L, PB_TEMPLATE_MT);
     lt->t = pb_template_parse(code, len, NULL);
     if (!lt->t) pb_fail_nomem(L);
@@ -178,14 +177,9 @@ static int render(lua_State *L, ltemplate *lt, int ti, int vi, int oi, int optar
     read_render_opts(L, oi, optarg, &ro);
     vals = lookup_values(L, lt, ti, vi, small, sizeof small / sizeof small[0]);
     /* The buffer is taken once the Lua code of the lookups has run: nothing
-     * raises while it is in use. */
-    if (!lt->out.busy) {
-        sc = &lt->out;
-        sc->busy = 1;
-        pb_buf_reset(&sc->b);
-    } else {
-        sc = scratch_acquire(L); /* a render entered from a finalizer */
-    }
+     * raises while it is in use. (It is found in use by a render entered
+     * from a finalizer.) */
+    sc = scratch_take(L, &lt->out);
     rc = pb_template_render(lt->t, vals, &ro, &sc->b, &err);
     if (rc == PB_OK) lua_pushlstring(L, pb_buf_str(&sc->b), sc->b.len);
     scratch_release(sc);
@@ -268,7 +262,7 @@ static int l_render(lua_State *L)
     vi = pb_opttable(L, 2) ? 2 : 0;
     oi = pb_opttable(L, 3) ? 3 : 0;
     read_render_opts(L, oi, 3, &ro);
-    sc = scratch_acquire(L);
+    sc = scratch_take(L, NULL);
     rc = render_code_into(L, code, len, vi, &ro, &sc->b);
     if (rc == PB_OK) lua_pushlstring(L, pb_buf_str(&sc->b), sc->b.len);
     scratch_release(sc);

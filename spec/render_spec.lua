@@ -721,6 +721,37 @@ describe("postback.render re-entered from a metamethod", function()
     assert.is_true(grew < 16, ("%d renders allocated %.1f KiB"):format(2 * n, grew))
   end)
 
+  it("gives correct results to finalizers that render and encode while a result is copied", function()
+    -- The copy of a long result allocates, so the collector runs finalizers
+    -- then, while the buffer being copied is still in use.
+    local json_encode = require("postback.core").json_encode
+    local t = postback.template("https://t.example/?c={click_id}&p={payout}")
+    local doc = { s = string.rep("ab\"c", 3000), n = { 1, 2, 3 } }
+    local values = { click_id = string.rep("q", 5000), payout = 1 }
+    local want_doc, want_t = assert(json_encode(doc)), t:render(values)
+    local ran, wrong = 0, 0
+    local function finalizer()
+      ran = ran + 1
+      if json_encode({ x = 1 }) ~= '{"x":1}' then wrong = wrong + 1 end
+      if t:render({ click_id = "a b", payout = 2 }) ~= "https://t.example/?c=a%20b&p=2" then wrong = wrong + 1 end
+      if render("{click_id}", { click_id = "z" }) ~= "z" then wrong = wrong + 1 end
+    end
+    local newproxy = newproxy -- Lua 5.1 and LuaJIT: only userdata have finalizers
+    for _ = 1, F.size(5000) do
+      if newproxy then
+        getmetatable(newproxy(true)).__gc = finalizer
+      else
+        setmetatable({}, { __gc = finalizer })
+      end
+      if json_encode(doc) ~= want_doc then wrong = wrong + 1 end
+      if t:render(values) ~= want_t then wrong = wrong + 1 end
+      if render("{click_id}", values) ~= values.click_id then wrong = wrong + 1 end
+    end
+    collectgarbage("collect")
+    assert.is_true(ran > 0)
+    assert.are.equal(0, wrong)
+  end)
+
   it("renders another template from inside a metamethod", function()
     local t1 = postback.template("1:{click_id}")
     local t2 = postback.template("2:{click_id}")
