@@ -22,7 +22,6 @@
 #include "core/macros.h"
 #include "core/netpolicy.h"
 #include "core/spool.h"
-#include "core/suggest.h"
 #include "core/template.h"
 #include "core/url.h"
 #include "core/validate.h"

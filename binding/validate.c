@@ -193,34 +193,8 @@ static int l_allowed_types(lua_State *L)
     return 1;
 }
 
-/* suggest(name, names) -> the entry of names closest to name | nil
- *   (edit distance <= 2, name compared case-insensitively; names lowercase) */
-static int l_suggest(lua_State *L)
-{
-    size_t len, n, i;
-    const char *name = pb_checkstring(L, 1, &len);
-    const char **names;
-    int best;
-    pb_checktype(L, 2, LUA_TTABLE);
-    n = (size_t)pb_rawlen(L, 2);
-    if (n == 0) return 0;
-    if (n > 0x7fffffff / sizeof *names) return luaL_argerror(L, 2, "too many names");
-    names = (const char **)pb_newuserdata(L, n * sizeof *names, 0);
-    for (i = 0; i < n; i++) {
-        lua_rawgeti(L, 2, (int)i + 1);
-        if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "names must be strings");
-        names[i] = lua_tostring(L, -1); /* anchored by the table */
-        lua_pop(L, 1);
-    }
-    best = pb_suggest(name, len, names, n);
-    if (best < 0) return 0;
-    lua_rawgeti(L, 2, best + 1);
-    return 1;
-}
-
 static const luaL_Reg validate_functions[] = {
     { "validate", l_validate },
-    { "suggest", l_suggest },
     { "allowed_types", l_allowed_types },
     { NULL, NULL },
 };
