@@ -17,6 +17,7 @@
 typedef struct lengine {
     pb_engine *e;
     pb_scratch url; /* URLs rendered from templates */
+    size_t max_url; /* the engine's bound on a URL */
 } lengine;
 
 /* Keys of the result tables drain builds, interned once per engine (in its
@@ -210,6 +211,7 @@ static int l_engine(lua_State *L)
     le->e = NULL;
     le->url.busy = 0;
     pb_buf_init(&le->url.b, NULL);
+    le->max_url = profile.max_url ? profile.max_url : PB_MAX_URL_DEFAULT;
     pb_setmetatable(L, PB_ENGINE_MT);
     {
         int k;
@@ -356,7 +358,7 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
     const char *url;
     size_t len;
     char why[160];
-    int rc, top = lua_gettop(L);
+    int rc, top = lua_gettop(L), too_long = 0;
     pb_scratch *sc = NULL;
 
     if (lua_type(L, ti) == LUA_TSTRING) {
@@ -399,7 +401,10 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
         lua_settop(L, top);
         return luaL_error(L, "engine was closed while firing");
     }
-    if (memchr(url, '\0', len)) {
+    if (len > le->max_url) {
+        rc = PB_EINVAL; /* as the Lua path words it, below */
+        too_long = 1;
+    } else if (memchr(url, '\0', len)) {
         rc = PB_EINVAL;
         strcpy(why, "URL contains CR, LF or NUL");
     } else {
@@ -411,9 +416,13 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
     if (rc == PB_OK) return 0;
     if (rc == PB_ENOMEM) return pb_fail_nomem(L);
     lua_pushnil(L);
-    lua_pushfstring(L, "postback refused before sending: %s",
-                    rc == PB_ECURL ? "libcurl refused the transfer" : why);
-    pb_pusherror(L, "validation", rc == PB_EBLOCKED ? "blocked_address" : "invalid_url", "url",
+    if (too_long)
+        lua_pushfstring(L, "postback URL is longer than max_url (%d bytes)", (int)le->max_url);
+    else
+        lua_pushfstring(L, "postback refused before sending: %s",
+                        rc == PB_ECURL ? "libcurl refused the transfer" : why);
+    pb_pusherror(L, "validation",
+                 too_long ? "too_long" : rc == PB_EBLOCKED ? "blocked_address" : "invalid_url", "url",
                  lua_tostring(L, -1));
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "retryable");

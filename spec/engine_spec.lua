@@ -125,3 +125,67 @@ describe("core.engine after a fire's values raised", function()
     assert.is_true(grew < 16, ("%d fires allocated %.1f KiB"):format(2 * n, grew))
   end)
 end)
+
+describe("a URL longer than max_url", function()
+  local postback = require "postback"
+  local core = require "postback.core"
+  local long = "https://t.example/" .. ("x"):rep(100)
+  local want = "postback URL is longer than max_url (64 bytes)"
+
+  local function check(err, how)
+    assert.is_table(err, how)
+    assert.are.equal("validation", err.kind, how)
+    assert.are.equal("too_long", err.code, how)
+    assert.are.equal("url", err.field, how)
+    assert.are.equal(want, err.message, how)
+    assert.is_false(err.retryable, how)
+  end
+
+  it("is too_long on the engine's fast path, rendered or not", function()
+    local e = core.engine { max_url = 64 }
+    local ok, err = e:fire(long, nil, 1)
+    assert.is_nil(ok)
+    check(err, "e:fire(URL)")
+    ok, err = e:fire(long .. "?c={click_id}", { click_id = 1 }, 2)
+    assert.is_nil(ok)
+    check(err, "e:fire(code)")
+    ok, err = e:fire(core.template(long .. "?c={click_id}"), { click_id = 1 }, 3)
+    assert.is_nil(ok)
+    check(err, "e:fire(template)")
+    local i, what
+    i, what, err = e:feed({ long }, 1, 5)
+    assert.are.equal(1, i)
+    assert.are.equal("error", what)
+    check(err, "e:feed")
+    -- the default bound
+    ok, err = core.engine {}:fire("https://t.example/" .. ("x"):rep(16384), nil, 4)
+    assert.is_nil(ok)
+    assert.are.equal("too_long", err.code)
+    assert.are.equal("postback URL is longer than max_url (16384 bytes)", err.message)
+    e:close()
+  end)
+
+  it("is the same error from d:fire, fire_many and fire, with or without headers", function()
+    local d = postback.dispatcher { max_url = 64 }
+    local id, err = d:fire(long)
+    assert.is_nil(id)
+    check(err, "d:fire")
+    id, err = d:fire(postback.template(long .. "{click_id}"), { click_id = 1 })
+    assert.is_nil(id)
+    check(err, "d:fire(template)")
+    id, err = d:fire(long, nil, { headers = { ["X-A"] = "1" } })
+    assert.is_nil(id)
+    check(err, "d:fire with headers")
+    d:close()
+    local results = assert(postback.fire_many({ long, long .. "{click_id}", { url = long, headers = { ["X-A"] = "1" } } },
+      { max_url = 64 }))
+    for i = 1, 3 do
+      assert.is_false(results[i].ok)
+      check(results[i].error, "fire_many item " .. i)
+    end
+    local r
+    r, err = postback.fire(long, nil, { max_url = 64 })
+    assert.is_nil(r)
+    check(err, "fire")
+  end)
+end)
