@@ -11,7 +11,6 @@ static void pb_setfuncs(lua_State *L, const luaL_Reg *l)
         lua_setfield(L, -2, l->name);
     }
 }
-#define pb_newlib(L, l) (lua_newtable(L), pb_setfuncs(L, l))
 #define pb_rawlen(L, i) lua_objlen(L, i)
 static void pb_setmetatable(lua_State *L, const char *name)
 {
@@ -31,7 +30,6 @@ static void *pb_testudata(lua_State *L, int idx, const char *name)
 }
 #else
 #define pb_setfuncs(L, l) luaL_setfuncs(L, l, 0)
-#define pb_newlib(L, l) luaL_newlib(L, l)
 #define pb_rawlen(L, i) lua_rawlen(L, i)
 #define pb_setmetatable(L, name) luaL_setmetatable(L, name)
 #define pb_testudata(L, i, name) luaL_testudata(L, i, name)
