@@ -18,6 +18,7 @@ typedef struct lengine {
     pb_engine *e;
     pb_scratch url; /* URLs rendered from templates */
     size_t max_url; /* the engine's bound on a URL */
+    int userinfo;   /* allow_userinfo: URLs may carry user info */
 } lengine;
 
 /* Keys of the result tables drain builds, interned once per engine (in its
@@ -212,6 +213,7 @@ static int l_engine(lua_State *L)
     le->url.busy = 0;
     pb_buf_init(&le->url.b, NULL);
     le->max_url = profile.max_url ? profile.max_url : PB_MAX_URL_DEFAULT;
+    le->userinfo = (o.url_flags & PB_URL_ALLOW_USERINFO) != 0;
     pb_setmetatable(L, PB_ENGINE_MT);
     {
         int k;
@@ -319,7 +321,8 @@ static int l_engine_add(lua_State *L)
 }
 
 /* 1 when the authority of url holds user info (user:pw@): such URLs are not
- * fired on the fast path, whose results show the URL as it was sent. */
+ * fired on the fast path, whose results show the URL as it was sent. Only an
+ * engine with allow_userinfo needs to ask: the others refuse them. */
 static int url_has_userinfo(const char *url, size_t len)
 {
     const char *p, *end = url + len;
@@ -339,7 +342,8 @@ static int l_engine_get(lua_State *L)
     size_t len;
     const char *url = pb_checkstring(L, 2, &len);
     unsigned long long tag = check_tag(L, 3);
-    int user = lua_toboolean(L, 4) && !url_has_userinfo(url, len) ? PB_FIRE_FAST : 0;
+    int plain = lua_toboolean(L, 4) && !(le->userinfo && url_has_userinfo(url, len));
+    int user = plain ? PB_FIRE_FAST : 0;
     char why[160];
     if (strlen(url) != len) {
         lua_pushnil(L);
@@ -408,8 +412,9 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
         rc = PB_EINVAL;
         strcpy(why, "URL contains CR, LF or NUL");
     } else {
-        rc = pb_engine_get(le->e, url, len, tag, url_has_userinfo(url, len) ? 0 : PB_FIRE_FAST,
-                           why, sizeof why);
+        rc = pb_engine_get(le->e, url, len, tag,
+                           le->userinfo && url_has_userinfo(url, len) ? 0 : PB_FIRE_FAST, why,
+                           sizeof why);
     }
     if (sc) scratch_release(sc);
     lua_settop(L, top);

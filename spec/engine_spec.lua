@@ -189,3 +189,44 @@ describe("a URL longer than max_url", function()
     check(err, "fire")
   end)
 end)
+
+describe("core.engine and URLs with user info", function()
+  local core = require "postback.core"
+  local mockproc = require "mockproc"
+  local mock
+
+  setup(function() mock = mockproc.start {} end)
+  teardown(function() mock:stop() end)
+
+  -- Fires url as a plain fire and returns the drain's sink once it is done.
+  local function fire_and_drain(e, url, tag)
+    assert(e:fire(url, nil, tag))
+    local sink = { plain = true, results = {}, slow = {} }
+    local deadline = core.now() + 10
+    while e:perform(0.1) == 0 and core.now() < deadline do end
+    e:drain(sink)
+    return sink
+  end
+
+  it("refuses them without allow_userinfo", function()
+    local e = core.engine {}
+    local ok, err = e:fire(mock.url:gsub("//", "//u:p@") .. "/postback", nil, 1)
+    assert.is_nil(ok)
+    assert.are.equal("invalid_url", err.code)
+    e:close()
+  end)
+
+  it("fires them with allow_userinfo off the fast path, and the others on it", function()
+    local e = core.engine { allow_userinfo = true }
+    local sink = fire_and_drain(e, mock.url:gsub("//", "//u:p@") .. "/postback?a=1", 1)
+    assert.is_nil(sink.results[1])
+    assert.are.equal(1, #sink.slow)
+    assert.are.equal(1, sink.slow[1].tag)
+    assert.is_false(sink.slow[1].fast)
+    assert.are.equal(200, sink.slow[1].status)
+    sink = fire_and_drain(e, mock.url .. "/postback?a=2", 2)
+    assert.are.equal(0, #sink.slow)
+    assert.is_true(sink.results[2].ok)
+    e:close()
+  end)
+end)
