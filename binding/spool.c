@@ -25,8 +25,15 @@ static int push_errno(lua_State *L, const char *what)
 /* spool_open(path) -> file | nil, message */
 static int l_spool_open(lua_State *L)
 {
-    const char *path = pb_checkstring(L, 1, NULL);
-    lspoolfile *f = (lspoolfile *)pb_newuserdata(L, sizeof *f, 0);
+    size_t len;
+    const char *path = pb_checkstring(L, 1, &len);
+    lspoolfile *f;
+    if (strlen(path) != len) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the spool path holds a NUL byte");
+        return 2;
+    }
+    f = (lspoolfile *)pb_newuserdata(L, sizeof *f, 0);
     f->fd = -1;
     pb_setmetatable(L, PB_SPOOL_FILE_MT);
     f->fd = pb_spool_file_open(path);

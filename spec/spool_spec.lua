@@ -183,6 +183,16 @@ describe("postback.spool", function()
     assert.is_nil(d)
   end)
 
+  it("opens no record file for a path with NUL (core.spool_open), as the spool does not", function()
+    local f, err = core.spool_open(dir .. "/j\0x")
+    assert.is_nil(f)
+    assert.equal("the spool path holds a NUL byte", err)
+    local sp, serr = core.spool(dir .. "/j\0x")
+    assert.is_nil(sp)
+    assert.equal(err, serr.message)
+    assert.equal("", sh("ls -A " .. quote(dir))) -- nothing created
+  end)
+
   it("compacts while it runs: the file follows what is owed and keeps its mode", function()
     local sp = assert(spool.open(path, { compact_after = 50 }))
     assert(run("chmod 0640 " .. quote(path)))
