@@ -231,8 +231,12 @@ static int l_spool_next(lua_State *L)
     pb_spool_err e;
     int rc;
     if (!lua_isnoneornil(L, 2)) {
+        lua_Number n;
         pb_checktype(L, 2, LUA_TNUMBER);
-        after = (long long)lua_tonumber(L, 2);
+        n = lua_tonumber(L, 2);
+        luaL_argcheck(L, n == n, 2, "after is NaN");
+        /* bounded by the ids: all are past 0, none past the last one */
+        after = n <= 0 ? 0 : n >= (lua_Number)PB_SPOOL_MAX_ID ? PB_SPOOL_MAX_ID : (long long)n;
     }
     pb_buf_reset(&ls->out);
     rc = pb_spool_next(ls->sp, after, &id, &ls->out, &e);

@@ -193,6 +193,18 @@ describe("postback.spool", function()
     assert.equal("", sh("ls -A " .. quote(dir))) -- nothing created
   end)
 
+  it("reads the records after any number: a bound past every id, NaN refused", function()
+    local c = assert(core.spool(path))
+    assert.equal(1, c:add("one"))
+    assert.equal(2, c:add("two"))
+    for _, case in ipairs { { -math.huge, 1 }, { -5, 1 }, { 0, 1 }, { 1.5, 2 }, { 2, nil },
+                            { 2 ^ 53, nil }, { 2 ^ 80, nil }, { math.huge, nil } } do
+      assert.equal(case[2], (c:next(case[1])), "after " .. tostring(case[1]))
+    end
+    assert.has_error(function() c:next(0 / 0) end, "bad argument #1 to 'next' (after is NaN)")
+    c:close()
+  end)
+
   it("compacts while it runs: the file follows what is owed and keeps its mode", function()
     local sp = assert(spool.open(path, { compact_after = 50 }))
     assert(run("chmod 0640 " .. quote(path)))
