@@ -656,9 +656,10 @@ static int l_engine_drain(lua_State *L)
         if (plain && r.user == PB_FIRE_FAST && !r.fail && r.status >= 200 && r.status <= 299) {
             unsigned long long tag = r.tag;
             push_fast_result(L, kb, &r, with_id);
-            if (results) {
-                lua_pushvalue(L, -1);
-                lua_rawseti(L, results, (int)tag);
+            if (results) { /* tags go up to 2^53 - 1: past an int */
+                lua_pushinteger(L, (lua_Integer)tag);
+                lua_pushvalue(L, -2);
+                lua_rawset(L, results);
             }
             if (done) {
                 lua_pushinteger(L, (lua_Integer)tag);

@@ -190,7 +190,7 @@ describe("a URL longer than max_url", function()
   end)
 end)
 
-describe("core.engine and URLs with user info", function()
+describe("core.engine against a receiver", function()
   local core = require "postback.core"
   local mockproc = require "mockproc"
   local mock
@@ -208,7 +208,7 @@ describe("core.engine and URLs with user info", function()
     return sink
   end
 
-  it("refuses them without allow_userinfo", function()
+  it("refuses URLs with user info without allow_userinfo", function()
     local e = core.engine {}
     local ok, err = e:fire(mock.url:gsub("//", "//u:p@") .. "/postback", nil, 1)
     assert.is_nil(ok)
@@ -216,7 +216,7 @@ describe("core.engine and URLs with user info", function()
     e:close()
   end)
 
-  it("fires them with allow_userinfo off the fast path, and the others on it", function()
+  it("fires URLs with user info off the fast path with allow_userinfo, the others on it", function()
     local e = core.engine { allow_userinfo = true }
     local sink = fire_and_drain(e, mock.url:gsub("//", "//u:p@") .. "/postback?a=1", 1)
     assert.is_nil(sink.results[1])
@@ -227,6 +227,18 @@ describe("core.engine and URLs with user info", function()
     sink = fire_and_drain(e, mock.url .. "/postback?a=2", 2)
     assert.are.equal(0, #sink.slow)
     assert.is_true(sink.results[2].ok)
+    e:close()
+  end)
+
+  it("stores results under tags past 2^31 (up to 2^53 - 1)", function()
+    local e = core.engine {}
+    for _, tag in ipairs { 2 ^ 31 + 5, 2 ^ 32 + 1, 2 ^ 53 - 1 } do
+      local sink = fire_and_drain(e, mock.url .. "/postback", tag)
+      assert.are.equal(0, #sink.slow)
+      local key, r = next(sink.results)
+      assert.are.equal(tag, key)
+      assert.is_true(r.ok)
+    end
     e:close()
   end)
 end)
