@@ -164,15 +164,6 @@ static int l_established(lua_State *L)
     return 1;
 }
 
-/* conn:fd() -> descriptor, or nil once closed */
-static int l_fd(lua_State *L)
-{
-    conn *c = check_conn(L, 1);
-    if (!c->ctx) return 0;
-    lua_pushinteger(L, c->ctx->fd);
-    return 1;
-}
-
 /* One command argument as bytes: strings as they are, integers in decimal,
  * other numbers with 17 significant digits. Anything else raises. */
 static const char *arg_bytes(lua_State *L, int idx, int argn, size_t *len, char *scratch, size_t cap)
@@ -425,7 +416,6 @@ static const luaL_Reg conn_meta[] = {
 
 static const luaL_Reg conn_methods[] = {
     { "established", l_established },
-    { "fd", l_fd },
     { "append", l_append },
     { "write", l_write },
     { "pending", l_pending },
