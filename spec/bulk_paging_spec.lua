@@ -22,6 +22,7 @@ local hostile = require "hostile"
 local mockproc = require "mockproc"
 local testenv = require "testenv"
 local workerproc = require "workerproc"
+local F = require "fixtures"
 
 local ROOT = mockproc.root()
 local OLD, NEW = "old-tracker.example", "new-tracker.example"
@@ -149,9 +150,7 @@ describe("bulk jobs page by key", function()
 
   setup(function()
     mock = mockproc.start { network = "bulk", api_key = "bulk-key" }
-    tmp = os.tmpname()
-    os.remove(tmp)
-    assert(os.execute("mkdir -p " .. q(tmp)))
+    tmp = F.tmpdir()
   end)
 
   teardown(function()

@@ -2,6 +2,7 @@
 local mockproc = require "mockproc"
 local testenv = require "testenv"
 local cjson = require("cjson.safe")
+local F = require "fixtures"
 
 local KEY = "cli-secret-KEY-0042"
 
@@ -10,9 +11,7 @@ describe("postback command line", function()
 
   setup(function()
     mock = mockproc.start { network = "clinet", api_key = KEY }
-    tmp = os.tmpname()
-    os.remove(tmp)
-    os.execute("mkdir -p " .. tmp)
+    tmp = F.tmpdir()
   end)
 
   teardown(function()

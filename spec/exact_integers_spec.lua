@@ -7,6 +7,7 @@ local testenv = require "testenv"
 local postback = require "postback"
 local cjson = require("cjson.safe")
 local mime = require "mime"
+local F = require "fixtures"
 
 local KEY = "exact-KEY-9007"
 local MAX = "9007199254740991" -- 2^53 - 1
@@ -77,9 +78,7 @@ describe("integers up to 2^53-1, end to end", function()
   end
 
   setup(function()
-    tmp = os.tmpname()
-    os.remove(tmp)
-    os.execute("mkdir -p " .. tmp)
+    tmp = F.tmpdir()
     state = tmp .. "/mock-state.json"
     spit(state, '{"next_id":' .. FIRST_ID .. ',"postbacks":[],"offers":[]}')
     mock = mockproc.start { network = "exact", api_key = KEY, state = state }

@@ -234,9 +234,7 @@ describe("postback.dispatcher inside nginx, with a spool", function()
       http = "log_format pb '$server_port $request_uri'; lua_shared_dict conc 1m;",
       locations = RECEIVER,
     }
-    dir = os.tmpname()
-    os.remove(dir)
-    assert(fixtures.run("mkdir -p " .. dir))
+    dir = fixtures.tmpdir()
     fixtures.run("chown nobody " .. dir .. " 2>/dev/null")
     -- left behind: this worker id's own spool, and an orphan of a worker id
     -- past the worker count (a reload from two workers to one)

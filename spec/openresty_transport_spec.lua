@@ -17,9 +17,7 @@ describe("the ngx transport inside nginx", function()
 
   setup(function()
     ngxlua.build_luajit()
-    dir = os.tmpname()
-    os.remove(dir)
-    assert(fixtures.run("mkdir -p " .. dir))
+    dir = fixtures.tmpdir()
     -- A: the certificate nginx trusts; B: the same names, not trusted
     for _, name in ipairs { "a", "b" } do
       assert(fixtures.run(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s/%s.key -out %s/%s.pem -days 2 "

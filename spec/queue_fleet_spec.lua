@@ -25,9 +25,7 @@ describe("queue workers as processes", function()
   local tmp
 
   setup(function()
-    tmp = os.tmpname()
-    os.remove(tmp)
-    os.execute("mkdir -p " .. tmp)
+    tmp = fixtures.tmpdir()
   end)
 
   teardown(function()

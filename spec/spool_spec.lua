@@ -18,12 +18,7 @@ end
 
 local quote = require("child").quote
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(os.execute("mkdir -m 0755 " .. quote(d)))
-  return d
-end
+local tmpdir = require("fixtures").tmpdir
 
 local function rmrf(d)
   os.execute("rm -rf " .. quote(d))

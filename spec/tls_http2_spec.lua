@@ -5,6 +5,7 @@
 local postback = require "postback"
 local nginxproc = require "nginxproc"
 local testenv = require "testenv"
+local F = require "fixtures"
 
 local function sh(cmd)
   local ok = os.execute(cmd)
@@ -22,9 +23,7 @@ describe("TLS and HTTP/2", function()
   local ngx, dir, cert
 
   setup(function()
-    dir = os.tmpname()
-    os.remove(dir)
-    assert(sh("mkdir -p " .. dir))
+    dir = F.tmpdir()
     cert = dir .. "/cert.pem"
     assert(sh(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s/key.pem -out %s -days 2 "
       .. "-subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost >/dev/null 2>&1"):format(dir, cert)),

@@ -26,9 +26,7 @@ local testenv = require "testenv"
 
 local M = {}
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local shell_quote = require("fixtures").sh
 
 -- The wrapper each child runs: code file, then the chunk's arguments.
 local WRAPPER = [==[
@@ -64,9 +62,7 @@ local tmpdir
 
 local function dir()
   if not tmpdir then
-    tmpdir = os.tmpname()
-    os.remove(tmpdir)
-    assert(os.execute("mkdir -p " .. tmpdir))
+    tmpdir = require("fixtures").tmpdir()
     local f = assert(io.open(tmpdir .. "/wrapper.lua", "w"))
     f:write(WRAPPER)
     f:close()

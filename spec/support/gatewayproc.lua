@@ -25,9 +25,7 @@ local function sh(cmd)
   return ok == true or ok == 0
 end
 
-local function quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local quote = require("fixtures").sh
 
 --- true when nginx and its Lua module are installed.
 function M.available()
@@ -43,8 +41,7 @@ end
 function M.start(opts)
   opts = opts or {}
   local root = mockproc.root()
-  local prefix = os.tmpname()
-  os.remove(prefix)
+  local prefix = require("fixtures").tmpdir()
   assert(sh(("mkdir -p %s/logs %s/tmp %s/spool && ln -s %s %s/modules && ln -s %s/build/luajit %s/lib")
     :format(prefix, prefix, prefix, M.MODULES, prefix, root, prefix)))
   if opts.app_edit then

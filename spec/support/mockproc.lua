@@ -14,9 +14,7 @@ local M = {}
 local Mock = {}
 Mock.__index = Mock
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local shell_quote = require("fixtures").sh
 
 --- Absolute directory of the repository (this file is spec/support/mockproc.lua).
 function M.root()

@@ -5,6 +5,7 @@
 --   local n = ngx.start{ locations = "location / { return 204; }" }
 --   n.url --> "http://127.0.0.1:PORT"
 --   n:stop()
+local fixtures = require "fixtures"
 local socket = require "socket"
 
 local M = {}
@@ -31,8 +32,7 @@ end
 -- main (extra main-level text, e.g. load_module), workers (default 1).
 function M.start(opts)
   opts = opts or {}
-  local prefix = os.tmpname()
-  os.remove(prefix)
+  local prefix = fixtures.tmpdir()
   assert(os.execute("mkdir -p " .. prefix .. "/logs " .. prefix .. "/tmp"))
   local port = opts.port or M.free_port()
   local conf = ([[

@@ -16,9 +16,7 @@ local M = {}
 local Redis = {}
 Redis.__index = Redis
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local shell_quote = require("fixtures").sh
 
 local function command_path(name)
   local p = io.popen("command -v " .. name .. " 2>/dev/null")
@@ -131,9 +129,7 @@ end
 function M.start(opts)
   opts = opts or {}
   local bin = assert(command_path("redis-server"), "redis-server is not installed")
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -p " .. shell_quote(dir)))
+  local dir = require("fixtures").tmpdir()
   local self = setmetatable({ bin = bin, dir = dir, port = opts.port or M.free_port(),
                               persist = opts.persist ~= false, fsync = opts.fsync or "always" }, Redis)
   self.url = ("redis://127.0.0.1:%d/0"):format(self.port)

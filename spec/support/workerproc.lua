@@ -8,9 +8,7 @@ local testenv = require "testenv"
 
 local M = {}
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local shell_quote = require("fixtures").sh
 M.shell_quote = shell_quote
 
 --- Starts `<lua> bin/postback worker ARGS...` in the background; returns
