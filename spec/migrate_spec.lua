@@ -176,11 +176,14 @@ describe("migrate", function()
       local code = ([[
         local postback = require "postback"
         local c = assert(postback.client { network = %q, api_key = %q, base_url = %q })
-        local report = assert(postback.migrate { client = c, journal = %q, concurrency = 8,
+        local report = assert(postback.migrate { client = c, journal = %q, concurrency = 4,
           transform = function(pb) return { code = pb.code:gsub("old%%.example", "new.example") .. "&m=1" } end })
         io.write("done ", report.changed, "\n")
       ]]):format(mock.network, mock.api_key, mock.url, journal)
-      mock:control("POST", "/_mock/faults", { fault = "slow", delay = 0.002, times = 1000000, match = "/v1/" })
+      -- paced (4 at a time, 20 ms each; 50 ms under valgrind, where each
+      -- poll below is slower) so that no run can finish between two polls
+      mock:control("POST", "/_mock/faults", { fault = "slow", delay = testenv.slow and 0.05 or 0.02,
+                                              times = 1000000, match = "/v1/" })
       -- each run killed once the writes reach a random point (5% to 85% of
       -- n, rising), while it still runs
       math.randomseed(20261125)
