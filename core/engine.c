@@ -554,27 +554,27 @@ static int keep_url(pb_engine *e, xfer *x, const char *url, size_t len, int plai
 }
 
 /* Checks an IP-literal host against the policy before a transfer that goes
- * through a proxy (the proxy resolves names: only literals can be checked). */
+ * through a proxy (the proxy resolves names: only literals can be checked).
+ * url is the URL as it is sent (keep_url, pb_url_to_ascii): an IPv4 host in
+ * any spelling libcurl reads as one is a.b.c.d there, an IDN is punycode. A
+ * host of digits and dots only is checked as an address (refused when it is
+ * none). */
 static int check_proxied_host(pb_engine *e, const char *url, size_t len, char *why,
                               size_t whylen)
 {
-    const char *p = strstr(url, "://"), *h, *end = url + len;
-    char host[64];
-    size_t n = 0;
-    if (!e->policy || !p) return PB_OK;
-    for (h = p + 3, p = h; p < end && *p != '/' && *p != '?' && *p != '#'; p++)
-        if (*p == '@') h = p + 1;
-    if (h < end && *h == '[') {
-        for (p = h + 1; p < end && *p != ']' && n < sizeof host - 1; p++) host[n++] = *p;
+    size_t off, n, i;
+    const char *h;
+    if (!e->policy || !pb_url_host(url, len, &off, &n) || n == 0) return PB_OK;
+    h = url + off;
+    if (h[0] == '[') {
+        if (n < 2) return PB_OK; /* refused by the URL checks already */
+        h++;
+        n -= 2;
     } else {
-        for (p = h; p < end && *p != ':' && *p != '/' && *p != '?' && *p != '#' && n < sizeof host - 1; p++)
-            host[n++] = *p;
+        for (i = 0; i < n; i++)
+            if ((h[i] < '0' || h[i] > '9') && h[i] != '.') return PB_OK; /* a name */
     }
-    host[n] = '\0';
-    if (n == 0 || !strspn(host, "0123456789.:abcdefABCDEF") || strspn(host, "0123456789.:abcdefABCDEF") != n)
-        return PB_OK; /* a name: the proxy resolves it */
-    if (strchr(host, ':') == NULL && strspn(host, "0123456789.") != n) return PB_OK;
-    if (pb_netpolicy_check_text(e->policy, host, n, why, whylen) != PB_NET_ALLOWED) return PB_EBLOCKED;
+    if (pb_netpolicy_check_text(e->policy, h, n, why, whylen) != PB_NET_ALLOWED) return PB_EBLOCKED;
     return PB_OK;
 }
 
@@ -622,12 +622,12 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
         struct curl_slist *sl = curl_slist_append(x->hdrs, "Expect:");
         if (sl) x->hdrs = sl; else ok = 0;
     }
-    if (ok && (r->proxy || r->proxy_from_env) &&
-        (rc = check_proxied_host(e, r->url, url_len, why, whylen)) != PB_OK) {
+    if (ok && (rc = keep_url(e, x, r->url, url_len, pb_url_plain(r->url, url_len), why, whylen)) != PB_OK) {
         recycle(e, x);
         return rc;
     }
-    if (ok && (rc = keep_url(e, x, r->url, url_len, pb_url_plain(r->url, url_len), why, whylen)) != PB_OK) {
+    if (ok && (r->proxy || r->proxy_from_env) &&
+        (rc = check_proxied_host(e, pb_buf_str(&x->url), x->url.len, why, whylen)) != PB_OK) {
         recycle(e, x);
         return rc;
     }
@@ -703,9 +703,6 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
                 pb_url_plain(url, len);
     if (!plain && (rc = check_url(url, len, e->profile.max_url, e->url_flags, why, whylen)) != PB_OK)
         return rc;
-    if ((e->profile.proxy || e->profile.proxy_from_env) &&
-        (rc = check_proxied_host(e, url, len, why, whylen)) != PB_OK)
-        return rc;
     pb_buf_init(&conv, NULL);
     if (!plain) {
         /* what libcurl sends unchanged: punycode, numeric IPv4, encoded bytes */
@@ -715,6 +712,11 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
             url = pb_buf_str(&conv);
             len = conv.len;
         }
+    }
+    if ((e->profile.proxy || e->profile.proxy_from_env) &&
+        (rc = check_proxied_host(e, url, len, why, whylen)) != PB_OK) {
+        pb_buf_free(&conv);
+        return rc;
     }
     if (!e->max_running || e->nactive + e->nqueued < e->max_running) {
         rc = start_get(e, url, len, tag, user);

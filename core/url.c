@@ -422,6 +422,16 @@ int pb_url_is_https(const char *s, size_t n)
     return ieq_prefix(s, n, "https://");
 }
 
+int pb_url_host(const char *s, size_t n, size_t *off, size_t *len)
+{
+    parts p;
+    if (!scheme_len(s, n)) return 0;
+    split(s, n, &p);
+    *off = p.host;
+    *len = p.host_end - p.host;
+    return 1;
+}
+
 int pb_url_is_loopback(const char *s, size_t n)
 {
     size_t hlen, i;

@@ -61,6 +61,10 @@ int pb_url_plain(const char *s, size_t n);
 int pb_url_is_loopback(const char *s, size_t n);
 /* 1 when the URL's scheme is https (case-insensitive). */
 int pb_url_is_https(const char *s, size_t n);
+/* Where the host of an http(s) URL is, as the checks above read it: *off
+ * and *len (an IPv6 literal with its brackets; empty when there is no
+ * host). Returns 0 when s is not an http(s) URL. */
+int pb_url_host(const char *s, size_t n, size_t *off, size_t *len);
 
 /* Index of the first CR, LF or NUL byte in s, or -1. */
 long pb_find_crlf_nul(const char *s, size_t n);

@@ -1771,6 +1771,33 @@ static void t_url_https(void)
     CHECK_INT(pb_url_is_https("httpsx://", 9), 0);
 }
 
+static void hcase(const char *url, const char *host)
+{
+    size_t off = 99, len = 99;
+    int found = pb_url_host(url, strlen(url), &off, &len);
+    if (!host) {
+        CHECK_INT(found, 0);
+        return;
+    }
+    CHECK_INT(found, 1);
+    if (found) CHECK_MEM(url + off, len, host, strlen(host));
+}
+
+static void t_url_host(void)
+{
+    hcase("http://h.example/x", "h.example");
+    hcase("HTTPS://h.example:8443?q", "h.example");
+    hcase("http://u:p@127.0.0.1:80/a@b", "127.0.0.1");
+    hcase("http://a@b@c/", "c");
+    hcase("http://[::1]:8080/", "[::1]");
+    hcase("http://[::ffff:127.0.0.1]", "[::ffff:127.0.0.1]");
+    hcase("http://0x7f.1#f", "0x7f.1");
+    hcase("http:///x", "");
+    hcase("http://", "");
+    hcase("ftp://h/", NULL);
+    hcase("h.example", NULL);
+}
+
 static void t_find_crlf_nul(void)
 {
     CHECK_INT(pb_find_crlf_nul("", 0), -1);
@@ -4148,6 +4175,7 @@ int main(void)
     run("URL: refusal reasons", t_url_reasons);
     run("pb_url_to_ascii: IDN, IPv4 and IPv6 forms, bytes >= 0x80, refusals", t_url_to_ascii);
     run("pb_url_is_https", t_url_https);
+    run("pb_url_host: user info, port, IPv6 brackets, no host, other schemes", t_url_host);
     run("pb_find_crlf_nul", t_find_crlf_nul);
     run("macros: the 28 names and pb_macro_index", t_macro_index);
     run("macros: suggestions (pb_suggest over the macro names)", t_macro_suggest);

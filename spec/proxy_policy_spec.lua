@@ -1,0 +1,156 @@
+-- The destination policy with proxies, end to end. A proxy resolves names
+-- itself, so a proxied transfer can only have an IP-literal host checked,
+-- before the proxy is asked: in every spelling libcurl reads as an address.
+--
+-- Two counting receivers (spec/support/countrecv.lua) listen on 127.0.0.1:
+-- the destination, and a stand-in for the proxy, which logs each request
+-- line (a proxied request names the whole URL: "GET http://host/path") and
+-- answers 200. Each scenario runs in a child process, with the proxy
+-- environment it needs and nothing else of the kind.
+local child = require "child"
+local countrecv = require "countrecv"
+
+local quote = child.quote
+local PROXY_ENV = { "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                    "no_proxy", "NO_PROXY" }
+
+-- What every scenario starts with: the ports as arguments, helpers.
+local PRELUDE = [==[
+local proxy_port, recv_port = ...
+local postback = require "postback"
+local core = require "postback.core"
+local PROXY = "http://127.0.0.1:" .. proxy_port
+local BASE = { retries = 0, timeout = 5, connect_timeout = 3 }
+local function opts(extra)
+  local o = {}
+  for k, v in pairs(BASE) do o[k] = v end
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+local function item(r) return { ok = r.ok, status = r.status, err = r.error } end
+local function one(r, err) return { ok = r ~= nil, status = r and r.status, err = err } end
+-- d:fire of each URL; the outcome of each (refused at once, or its result)
+local function dispatch(o, urls)
+  local out, ids = {}, {}
+  o.on_result = function(r) if ids[r.id] then out[ids[r.id]] = item(r) end end
+  local d = postback.dispatcher(o)
+  for i, u in ipairs(urls) do
+    local id, err = d:fire(u)
+    if id then ids[id] = i else out[i] = { ok = false, err = err, at_once = true } end
+  end
+  local t0 = core.now()
+  while d:pending() > 0 and core.now() - t0 < 10 do d:poll(0.05) end
+  d:close()
+  return out
+end
+-- e:add of each request on an engine with the destination policy; true, or
+-- {why, code} when refused
+local function add(e, reqs)
+  local out = {}
+  for i, req in ipairs(reqs) do
+    local ok, why, code = e:add(req, i)
+    out[i] = ok and true or { why = why, code = code }
+  end
+  local t0 = core.now()
+  while e:pending() > 0 and core.now() - t0 < 10 do
+    e:perform(0.05)
+    e:drain { slow = {} }
+  end
+  return out
+end
+]==]
+
+-- Runs a scenario with env (name -> value; PROXY_PORT in a value is the
+-- stand-in's port) as the only proxy environment, and args after the two
+-- ports; returns its value and the lines each receiver logged.
+local function scenario(code, env, args)
+  local proxy = countrecv.start({ "127.0.0.1" }, { lifetime = 60 })
+  local recv = countrecv.start({ "127.0.0.1" }, { lifetime = 60 })
+  local prefix = "env"
+  for _, k in ipairs(PROXY_ENV) do prefix = prefix .. " -u " .. k end
+  for k, v in pairs(env or {}) do
+    prefix = prefix .. " " .. quote(k .. "=" .. v:gsub("PROXY_PORT", tostring(proxy.port)))
+  end
+  local argv = { proxy.port, recv.port }
+  for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+  local r = child.run(PRELUDE .. code, { args = argv, limit = 60,
+                                         wrap = function(cmd) return prefix .. " " .. cmd end })
+  require("socket").sleep(0.2) -- a connection made after all would be logged by now
+  local plog, rlog = proxy:lines(), recv:lines()
+  proxy:stop()
+  recv:stop()
+  assert(not r.timed_out, "the scenario never finished (killed at its time limit)")
+  assert(r.raised == nil, "the scenario failed: " .. tostring(r.raised))
+  return r.value, plog, rlog
+end
+
+local function is_blocked(e, address, label)
+  assert(type(e) == "table", label .. ": no error")
+  assert.equal("blocked_address", e.code, label .. ": " .. tostring(e.text or e.message))
+  assert.is_false(e.retryable, label)
+  assert.truthy(tostring(e.message):find(address .. " is a loopback address", 1, true),
+    label .. ": " .. tostring(e.message))
+end
+
+-- Log lines that name path (as the whole target or its end).
+local function lines_with(log, path)
+  local out = {}
+  for _, l in ipairs(log) do
+    if l:find(path, 1, true) then out[#out + 1] = l end
+  end
+  return out
+end
+
+describe("destination policy through a proxy option", function()
+  -- every spelling of 127.0.0.1 libcurl reads as an address
+  local SPELLINGS = { "127.0.0.1", "0x7f.1", "\239\188\145\239\188\146\239\188\151.\239\188\144.\239\188\144.\239\188\145",
+                      "127.1", "0177.0.0.1", "2130706433", "0x7f000001" }
+  local v, plog, rlog
+
+  setup(function()
+    v, plog, rlog = scenario([==[
+local hosts = {}
+for i = 3, select("#", ...) do hosts[#hosts + 1] = select(i, ...) end
+local out = {}
+local urls, durls, reqs = {}, {}, {}
+for i, h in ipairs(hosts) do
+  urls[i] = ("http://%s:%s/many/%d"):format(h, recv_port, i)
+  durls[i] = ("http://%s:%s/disp/%d"):format(h, recv_port, i)
+  reqs[i] = { url = ("http://%s:%s/add/%d"):format(h, recv_port, i), proxy = PROXY }
+end
+out.many = {}
+for i, r in ipairs(postback.fire_many(urls, opts { proxy = PROXY })) do out.many[i] = item(r) end
+out.disp = dispatch(opts { proxy = PROXY }, durls)
+out.add = add(core.engine { destinations = true }, reqs)
+-- 8.8.8.8 spelled as one number: an address the policy allows, so the proxy is asked
+out.global_many = item(postback.fire_many({ "http://134744072:9/global-many" }, opts { proxy = PROXY })[1])
+out.global_add = add(core.engine { destinations = true }, { { url = "http://134744072:9/global-add", proxy = PROXY } })[1]
+return out
+]==], nil, SPELLINGS)
+  end)
+
+  it("refuses 127.0.0.1 in every spelling as loopback before asking the proxy", function()
+    assert(v, "no result")
+    for i, h in ipairs(SPELLINGS) do
+      local label = ("%q"):format(h)
+      assert.is_false(v.many[i].ok, "fire_many sent " .. label .. " to the proxy")
+      is_blocked(v.many[i].err, "127.0.0.1", "fire_many " .. label)
+      assert.is_false(v.disp[i].ok, "the dispatcher sent " .. label .. " to the proxy")
+      is_blocked(v.disp[i].err, "127.0.0.1", "dispatcher " .. label)
+      assert.equal("blocked_address", v.add[i].code, "e:add " .. label .. ": " .. tostring(v.add[i].why))
+      assert.truthy(tostring(v.add[i].why):find("127.0.0.1 is a loopback address", 1, true), v.add[i].why)
+      for _, path in ipairs { "/many/", "/disp/", "/add/" } do
+        assert.same({}, lines_with(plog, path .. i), label .. " reached the proxy")
+      end
+    end
+    assert.same({}, rlog)
+  end)
+
+  it("checks an address spelled as one number as that address (8.8.8.8 goes to the proxy)", function()
+    assert(v, "no result")
+    assert.is_true(v.global_many.ok, tostring(v.global_many.err and v.global_many.err.text))
+    assert.is_true(v.global_add, tostring(type(v.global_add) == "table" and v.global_add.why))
+    assert.same({ "req 127.0.0.1 GET http://8.8.8.8:9/global-many" }, lines_with(plog, "/global-many"))
+    assert.same({ "req 127.0.0.1 GET http://8.8.8.8:9/global-add" }, lines_with(plog, "/global-add"))
+  end)
+end)
