@@ -498,9 +498,15 @@ static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int 
     }
     if (r->user_agent) SET(CURLOPT_USERAGENT, r->user_agent);
     /* A proxy only when given: the *_proxy environment is ignored unless
-     * asked for (a proxy then does the resolving). */
-    if (r->proxy) SET(CURLOPT_PROXY, r->proxy);
-    else if (!r->proxy_from_env) SET(CURLOPT_PROXY, "");
+     * asked for (a proxy then does the resolving). A given proxy takes every
+     * host: no_proxy in the environment would send some directly, and
+     * unchecked. */
+    if (r->proxy) {
+        SET(CURLOPT_PROXY, r->proxy);
+        SET(CURLOPT_NOPROXY, "");
+    } else if (!r->proxy_from_env) {
+        SET(CURLOPT_PROXY, "");
+    }
     /* Waiting for a connection to multiplex on only makes sense where HTTP/2
      * is possible (https, by ALPN); on plain http it only delays. */
     SET(CURLOPT_PIPEWAIT, https ? 1L : 0L);

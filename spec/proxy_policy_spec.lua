@@ -1,6 +1,9 @@
 -- The destination policy with proxies, end to end. A proxy resolves names
 -- itself, so a proxied transfer can only have an IP-literal host checked,
 -- before the proxy is asked: in every spelling libcurl reads as an address.
+-- A transfer is proxied or not as postback decides, never as libcurl would
+-- by itself from the environment (no_proxy), so no transfer goes out
+-- directly without its addresses checked.
 --
 -- Two counting receivers (spec/support/countrecv.lua) listen on 127.0.0.1:
 -- the destination, and a stand-in for the proxy, which logs each request
@@ -152,5 +155,35 @@ return out
     assert.is_true(v.global_add, tostring(type(v.global_add) == "table" and v.global_add.why))
     assert.same({ "req 127.0.0.1 GET http://8.8.8.8:9/global-many" }, lines_with(plog, "/global-many"))
     assert.same({ "req 127.0.0.1 GET http://8.8.8.8:9/global-add" }, lines_with(plog, "/global-add"))
+  end)
+end)
+
+describe("proxy = URL with no_proxy in the environment", function()
+  local v, plog, rlog
+
+  setup(function()
+    v, plog, rlog = scenario([==[
+local function url(path) return ("http://localhost:%s%s"):format(recv_port, path) end
+local out = { recv_port = tonumber(recv_port) }
+out.fire = one(postback.fire(url("/np-fire"), nil, opts { proxy = PROXY }))
+out.many = item(postback.fire_many({ url("/np-many") }, opts { proxy = PROXY })[1])
+out.disp = dispatch(opts { proxy = PROXY }, { url("/np-disp") })[1]
+out.add = add(core.engine { destinations = true }, { { url = url("/np-add"), proxy = PROXY } })[1]
+return out
+]==], { no_proxy = "localhost,127.0.0.1" })
+  end)
+
+  it("sends every request through the proxy: the environment's no_proxy does not apply", function()
+    assert(v, "no result")
+    for _, k in ipairs { "fire", "many", "disp" } do
+      assert.is_true(v[k].ok, k .. ": " .. tostring(v[k].err and (v[k].err.text or v[k].err.message)))
+    end
+    assert.is_true(v.add, "e:add: " .. tostring(type(v.add) == "table" and v.add.why))
+    for _, name in ipairs { "fire", "many", "disp", "add" } do
+      local path = "/np-" .. name
+      assert.same({ ("req 127.0.0.1 GET http://localhost:%d%s"):format(v.recv_port, path) },
+        lines_with(plog, path), name)
+    end
+    assert.same({}, rlog, "connected to the destination directly")
   end)
 end)
