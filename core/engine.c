@@ -463,6 +463,7 @@ static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int 
                          int https)
 {
     CURL *c = x->easy;
+    const char *proxy = r->proxy && *r->proxy ? r->proxy : NULL; /* "" names none */
     int ok = 1;
     curl_easy_reset(c);
     x->has_profile = 0;
@@ -501,8 +502,8 @@ static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int 
      * asked for (a proxy then does the resolving). A given proxy takes every
      * host: no_proxy in the environment would send some directly, and
      * unchecked. */
-    if (r->proxy) {
-        SET(CURLOPT_PROXY, r->proxy);
+    if (proxy) {
+        SET(CURLOPT_PROXY, proxy);
         SET(CURLOPT_NOPROXY, "");
     } else if (!r->proxy_from_env) {
         SET(CURLOPT_PROXY, "");
@@ -510,7 +511,7 @@ static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int 
     /* Waiting for a connection to multiplex on only makes sense where HTTP/2
      * is possible (https, by ALPN); on plain http it only delays. */
     SET(CURLOPT_PIPEWAIT, https ? 1L : 0L);
-    if (x->policy && !r->proxy && !r->proxy_from_env) {
+    if (x->policy && !proxy && !r->proxy_from_env) {
         SET(CURLOPT_OPENSOCKETFUNCTION, open_socket);
         SET(CURLOPT_OPENSOCKETDATA, (void *)x);
     }

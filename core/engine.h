@@ -61,7 +61,8 @@ typedef struct pb_req {
                                   * request by itself (it does on a reused connection
                                   * that closes early, even for a POST) */
     const char *user_agent;      /* NULL = none */
-    const char *proxy;           /* NULL = no proxy (the *_proxy environment is ignored) */
+    const char *proxy;           /* NULL or "" = no proxy (the *_proxy environment is
+                                  * ignored); a proxy takes every host */
     int proxy_from_env;          /* 1 = libcurl's default: the *_proxy environment */
     unsigned long long tag;      /* the caller's id, given back in the result */
     int user;                    /* the caller's flags, given back in the result */

@@ -187,3 +187,42 @@ return out
     assert.same({}, rlog, "connected to the destination directly")
   end)
 end)
+
+describe('proxy = "" (no proxy)', function()
+  local v, plog, rlog
+
+  setup(function()
+    v, plog, rlog = scenario([==[
+local function url(path) return ("http://localhost:%s%s"):format(recv_port, path) end
+local out = {}
+out.fire = one(postback.fire(url("/empty-fire"), nil, opts { proxy = "" }))
+out.many = item(postback.fire_many({ url("/empty-many") }, opts { proxy = "" })[1])
+out.disp = dispatch(opts { proxy = "" }, { url("/empty-disp") })[1]
+local e = core.engine { destinations = true }
+local ok, why, code = e:add({ url = url("/empty-add"), proxy = "" }, 1)
+out.add = { ok = ok, why = why, code = code }
+while e:pending() > 0 do
+  e:perform(0.05)
+  local sink = { slow = {} }
+  e:drain(sink)
+  if sink.slow[1] then out.add = { fail = sink.slow[1].fail, message = sink.slow[1].message } end
+end
+-- allowed: the destination is reachable without a proxy
+out.allowed = one(postback.fire(url("/empty-allowed"), nil, opts { proxy = "", allow_private = true }))
+return out
+]==])
+  end)
+
+  it("connects directly with every address checked", function()
+    assert(v, "no result")
+    for _, k in ipairs { "fire", "many", "disp" } do
+      assert.is_false(v[k].ok, k .. " reached localhost")
+      assert.equal("blocked_address", v[k].err.code, k)
+    end
+    assert.equal("blocked", v.add.fail, "e:add: " .. tostring(v.add.message or v.add.why))
+    assert.is_true(v.allowed.ok, tostring(v.allowed.err and v.allowed.err.text))
+    assert.same({}, plog)
+    -- the allowed one alone reached the destination
+    assert.same({ "conn 127.0.0.1", "req 127.0.0.1 GET /empty-allowed" }, rlog)
+  end)
+end)
