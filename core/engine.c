@@ -32,7 +32,8 @@ typedef struct xfer {
     char err[CURL_ERROR_SIZE];
     unsigned long long tag;
     int user;
-    int has_profile;  /* configured with the engine's profile, as pb_engine_get leaves it */
+    int has_profile;  /* configured with the engine's profile, as pb_engine_get leaves it:
+                       * 1 + https, + 2 when through a proxy (see prepare_get) */
     int lean_headers; /* headers not kept: Retry-After is read once at the end */
     const pb_netpolicy *policy; /* the engine's, when addresses are checked */
     int blocked, opened;        /* addresses refused by the policy, sockets opened */
@@ -67,6 +68,9 @@ struct pb_engine {
     pb_req profile;
     struct curl_slist *profile_hdrs;
     char *profile_ca, *profile_ua, *profile_user, *profile_pass, *profile_proxy;
+    /* The proxy environment, read once (read_proxy_env), for proxy_from_env:
+     * the proxy of http and of https URLs (NULL: none), and no_proxy. */
+    char *env_proxy[2], *env_noproxy;
 };
 
 int pb_engine_global_init(void)
@@ -177,6 +181,29 @@ static int copy_profile(pb_engine *e, const pb_req *r)
     return ok ? PB_OK : PB_ENOMEM;
 }
 
+/* An environment variable, else the second one (when named); NULL when
+ * neither is set to something, as libcurl reads them. */
+static const char *getenv2(const char *a, const char *b)
+{
+    const char *v = getenv(a);
+    if ((!v || !*v) && b) v = getenv(b);
+    return v && *v ? v : NULL;
+}
+
+/* Reads the proxy environment as libcurl does: http_proxy (never
+ * HTTP_PROXY, which a CGI request could set), https_proxy or HTTPS_PROXY,
+ * else all_proxy or ALL_PROXY; no_proxy or NO_PROXY. */
+static int read_proxy_env(pb_engine *e)
+{
+    const char *all = getenv2("all_proxy", "ALL_PROXY");
+    const char *http = getenv2("http_proxy", NULL), *https = getenv2("https_proxy", "HTTPS_PROXY");
+    int ok = 1;
+    e->env_proxy[0] = dup_or_null(http ? http : all, &ok);
+    e->env_proxy[1] = dup_or_null(https ? https : all, &ok);
+    e->env_noproxy = dup_or_null(getenv2("no_proxy", "NO_PROXY"), &ok);
+    return ok ? PB_OK : PB_ENOMEM;
+}
+
 pb_engine *pb_engine_new(const pb_engine_opts *o, char *why, size_t whylen)
 {
     pb_engine *e;
@@ -210,7 +237,7 @@ pb_engine *pb_engine_new(const pb_engine_opts *o, char *why, size_t whylen)
         e->max_running = o->max_running;
         e->url_flags = o->url_flags;
     }
-    if (o && o->profile && copy_profile(e, o->profile) != PB_OK) {
+    if ((o && o->profile && copy_profile(e, o->profile) != PB_OK) || read_proxy_env(e) != PB_OK) {
         pb_engine_free(e);
         return NULL;
     }
@@ -317,6 +344,9 @@ void pb_engine_free(pb_engine *e)
     free(e->profile_user);
     free(e->profile_pass);
     free(e->profile_proxy);
+    free(e->env_proxy[0]);
+    free(e->env_proxy[1]);
+    free(e->env_noproxy);
     pb_netpolicy_free(e->policy);
     free(e);
 }
@@ -456,14 +486,32 @@ static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_soc
 #define PB_HAVE_EASY_HEADER 0
 #endif
 
+/* The proxy a transfer of url (as sent) with r goes through, or NULL: it
+ * connects directly, every address checked by the policy. The engine
+ * decides, never libcurl by itself: with proxy_from_env, from the
+ * environment read_proxy_env read, as libcurl reads it (the scheme's proxy,
+ * else all_proxy; none for a host in no_proxy). */
+static const char *route(const pb_engine *e, const pb_req *r, const char *url, size_t len)
+{
+    const char *proxy;
+    size_t off, n;
+    if (r->proxy) return *r->proxy ? r->proxy : NULL; /* "" names none */
+    if (!r->proxy_from_env) return NULL;
+    proxy = e->env_proxy[pb_url_is_https(url, len)];
+    if (proxy && e->env_noproxy && pb_url_host(url, len, &off, &n) &&
+        pb_url_no_proxy(e->env_noproxy, url + off, n))
+        return NULL;
+    return proxy;
+}
+
 /* Resets x's handle and applies everything of r but the URL, the method and
- * the body; hdrs is the header list to use (owned elsewhere). With lean,
- * response headers are not collected (see finish). */
+ * the body; hdrs is the header list to use (owned elsewhere), proxy the
+ * route (see route). With lean, response headers are not collected (see
+ * finish). */
 static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int lean,
-                         int https)
+                         int https, const char *proxy)
 {
     CURL *c = x->easy;
-    const char *proxy = r->proxy && *r->proxy ? r->proxy : NULL; /* "" names none */
     int ok = 1;
     curl_easy_reset(c);
     x->has_profile = 0;
@@ -498,23 +546,22 @@ static int apply_options(xfer *x, const pb_req *r, struct curl_slist *hdrs, int 
         SET(CURLOPT_PASSWORD, r->password ? r->password : "");
     }
     if (r->user_agent) SET(CURLOPT_USERAGENT, r->user_agent);
-    /* A proxy only when given: the *_proxy environment is ignored unless
-     * asked for (a proxy then does the resolving). A given proxy takes every
-     * host: no_proxy in the environment would send some directly, and
-     * unchecked. */
+    /* The route: through the proxy, which then resolves names, for every
+     * host (libcurl's own no_proxy reading would send some directly, and
+     * unchecked); or directly, every address checked at connect time. */
     if (proxy) {
         SET(CURLOPT_PROXY, proxy);
         SET(CURLOPT_NOPROXY, "");
-    } else if (!r->proxy_from_env) {
+    } else {
         SET(CURLOPT_PROXY, "");
+        if (x->policy) {
+            SET(CURLOPT_OPENSOCKETFUNCTION, open_socket);
+            SET(CURLOPT_OPENSOCKETDATA, (void *)x);
+        }
     }
     /* Waiting for a connection to multiplex on only makes sense where HTTP/2
      * is possible (https, by ALPN); on plain http it only delays. */
     SET(CURLOPT_PIPEWAIT, https ? 1L : 0L);
-    if (x->policy && !proxy && !r->proxy_from_env) {
-        SET(CURLOPT_OPENSOCKETFUNCTION, open_socket);
-        SET(CURLOPT_OPENSOCKETDATA, (void *)x);
-    }
     if (r->fresh_connect) SET(CURLOPT_FRESH_CONNECT, 1L);
     if (hdrs) SET(CURLOPT_HTTPHEADER, hdrs);
 #undef SET
@@ -607,6 +654,7 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
 {
     const char *method = r->method ? r->method : "GET";
     size_t url_len = r->url ? (r->url_len ? r->url_len : strlen(r->url)) : 0;
+    const char *proxy;
     CURL *c;
     xfer *x;
     size_t i;
@@ -633,12 +681,12 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
         recycle(e, x);
         return rc;
     }
-    if (ok && (r->proxy || r->proxy_from_env) &&
-        (rc = check_proxied_host(e, pb_buf_str(&x->url), x->url.len, why, whylen)) != PB_OK) {
+    proxy = route(e, r, pb_buf_str(&x->url), x->url.len);
+    if (ok && proxy && (rc = check_proxied_host(e, pb_buf_str(&x->url), x->url.len, why, whylen)) != PB_OK) {
         recycle(e, x);
         return rc;
     }
-    ok = ok && apply_options(x, r, x->hdrs, 0, pb_url_is_https(r->url, url_len));
+    ok = ok && apply_options(x, r, x->hdrs, 0, pb_url_is_https(r->url, url_len), proxy);
 #define SET(opt, val) ok = ok && curl_easy_setopt(c, opt, val) == CURLE_OK
     SET(CURLOPT_URL, pb_buf_str(&x->url));
     if (strcmp(method, "GET") == 0) {
@@ -667,19 +715,22 @@ static int prepare_get(pb_engine *e, const char *url, size_t len, unsigned long 
 {
     xfer *x = take_xfer(e);
     int https = pb_url_is_https(url, len);
+    const char *proxy = route(e, &e->profile, url, len);
+    int setup = 1 + https + (proxy ? 2 : 0);
     if (!x) return PB_ENOMEM;
     x->tag = tag;
     x->user = user;
     x->max_body = e->profile.max_body ? e->profile.max_body : DEFAULT_MAX_BODY;
     /* The handle keeps the profile between uses; PIPEWAIT depends on the
-     * scheme, so a handle last used for the other scheme is set up again. */
-    if (!x->has_profile || (x->has_profile - 1) != https) {
-        if (!apply_options(x, &e->profile, e->profile_hdrs, 1, https) ||
+     * scheme and the route on the scheme and the host, so a handle last set
+     * up for another scheme or route is set up again. */
+    if (x->has_profile != setup) {
+        if (!apply_options(x, &e->profile, e->profile_hdrs, 1, https, proxy) ||
             curl_easy_setopt(x->easy, CURLOPT_HTTPGET, 1L) != CURLE_OK) {
             recycle(e, x);
             return PB_ENOMEM;
         }
-        x->has_profile = 1 + https;
+        x->has_profile = setup;
     }
     pb_buf_reset(&x->url);
     if (pb_buf_append(&x->url, url, len) != PB_OK ||
@@ -720,8 +771,7 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
             len = conv.len;
         }
     }
-    if ((e->profile.proxy || e->profile.proxy_from_env) &&
-        (rc = check_proxied_host(e, url, len, why, whylen)) != PB_OK) {
+    if (route(e, &e->profile, url, len) && (rc = check_proxied_host(e, url, len, why, whylen)) != PB_OK) {
         pb_buf_free(&conv);
         return rc;
     }

@@ -31,7 +31,9 @@ typedef struct pb_engine_opts {
     long max_total_connections; /* 0 = no limit */
     size_t max_running;         /* transfers running at once; 0 = no limit */
     /* The destination policy every address is checked against at connect
-     * time (CURLOPT_OPENSOCKETFUNCTION), redirects included; NULL = none.
+     * time (CURLOPT_OPENSOCKETFUNCTION), redirects included; through a
+     * proxy, which resolves names, only an IP-literal host, before the
+     * transfer starts. NULL = none.
      * The engine takes it over (it frees it) when pb_engine_new succeeds. */
     struct pb_netpolicy *policy;
     unsigned url_flags;         /* PB_URL_ALLOW_USERINFO: user info may be sent */
@@ -63,7 +65,8 @@ typedef struct pb_req {
     const char *user_agent;      /* NULL = none */
     const char *proxy;           /* NULL or "" = no proxy (the *_proxy environment is
                                   * ignored); a proxy takes every host */
-    int proxy_from_env;          /* 1 = libcurl's default: the *_proxy environment */
+    int proxy_from_env;          /* 1 = the *_proxy environment, as pb_engine_new read
+                                  * it (see there), unless proxy is set */
     unsigned long long tag;      /* the caller's id, given back in the result */
     int user;                    /* the caller's flags, given back in the result */
 } pb_req;
@@ -124,7 +127,11 @@ int pb_engine_global_init(void);
 void pb_engine_global_cleanup(void);
 
 /* Returns NULL when memory runs out or the profile is invalid (a reason in
- * why when given). */
+ * why when given). The proxy environment is read here, once, as libcurl
+ * reads it (http_proxy; https_proxy or HTTPS_PROXY; all_proxy or ALL_PROXY;
+ * no_proxy or NO_PROXY): with proxy_from_env the engine routes each
+ * transfer itself, through the proxy the environment names for its scheme
+ * and host, or directly, every address checked by the policy. */
 pb_engine *pb_engine_new(const pb_engine_opts *o, char *why, size_t whylen);
 /* Aborts every transfer and frees everything. */
 void pb_engine_free(pb_engine *e);

@@ -432,6 +432,84 @@ int pb_url_host(const char *s, size_t n, size_t *off, size_t *len)
     return 1;
 }
 
+/* 1 when a[0..n) and b[0..n) agree, ASCII case ignored. */
+static int ieq_n(const char *a, const char *b, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z') x = (char)(x - 'A' + 'a');
+        if (y >= 'A' && y <= 'Z') y = (char)(y - 'A' + 'a');
+        if (x != y) return 0;
+    }
+    return 1;
+}
+
+/* 1 when the no_proxy entry t[0..n) -- an address, with "/bits" or whole --
+ * covers addr, of family af. */
+static int entry_covers(int af, const unsigned char *addr, const char *t, size_t n)
+{
+    char text[INET6_ADDRSTRLEN];
+    unsigned char net[16];
+    unsigned bits = 0, max = af == AF_INET ? 32 : 128;
+    const char *slash = memchr(t, '/', n);
+    size_t alen = slash ? (size_t)(slash - t) : n, i;
+    if (slash) /* as libcurl reads it: the digits that follow, 0 = all bits */
+        for (i = alen + 1; i < n && t[i] >= '0' && t[i] <= '9' && bits <= max; i++)
+            bits = bits * 10 + (unsigned)(t[i] - '0');
+    if (bits > max || alen >= sizeof text) return 0;
+    if (bits == 0) bits = max;
+    memcpy(text, t, alen);
+    text[alen] = '\0';
+    if (inet_pton(af, text, net) != 1) return 0;
+    if (memcmp(addr, net, bits / 8) != 0) return 0;
+    return bits % 8 == 0 || ((addr[bits / 8] ^ net[bits / 8]) & (0xff00u >> (bits % 8) & 0xffu)) == 0;
+}
+
+int pb_url_no_proxy(const char *list, const char *host, size_t n)
+{
+    char text[INET6_ADDRSTRLEN];
+    unsigned char addr[16];
+    const char *p = list;
+    int af = 0;
+    if (!list || n == 0) return 0;
+    if (strcmp(list, "*") == 0) return 1;
+    if (host[0] == '[') {
+        if (n < 2 || n - 2 >= sizeof text) return 0;
+        memcpy(text, host + 1, n - 2);
+        text[n - 2] = '\0';
+        if (inet_pton(AF_INET6, text, addr) != 1) return 0;
+        af = AF_INET6;
+    } else if (n < sizeof text) {
+        memcpy(text, host, n);
+        text[n] = '\0';
+        if (inet_pton(AF_INET, text, addr) == 1) af = AF_INET;
+    }
+    if (!af && host[n - 1] == '.') n--; /* a name's trailing dot */
+    while (*p) {
+        const char *t;
+        size_t tn;
+        while (*p == ' ' || *p == '\t' || *p == ',') p++;
+        for (t = p; *p && *p != ' ' && *p != '\t' && *p != ','; p++) {}
+        tn = (size_t)(p - t);
+        if (tn == 0) continue;
+        if (af) {
+            if (entry_covers(af, addr, t, tn)) return 1;
+            continue;
+        }
+        /* a name: itself, or a domain it is in; dots around the entry ignored */
+        if (t[tn - 1] == '.') tn--;
+        if (tn && t[0] == '.') {
+            t++;
+            tn--;
+        }
+        if (tn == 0 || tn > n) continue;
+        if (tn == n ? ieq_n(t, host, n) : host[n - tn - 1] == '.' && ieq_n(t, host + n - tn, tn))
+            return 1;
+    }
+    return 0;
+}
+
 int pb_url_is_loopback(const char *s, size_t n)
 {
     size_t hlen, i;

@@ -66,6 +66,14 @@ int pb_url_is_https(const char *s, size_t n);
  * host). Returns 0 when s is not an http(s) URL. */
 int pb_url_host(const char *s, size_t n, size_t *off, size_t *len);
 
+/* 1 when host (n bytes, as pb_url_host gives it) is in the no_proxy list
+ * (NUL-terminated), read as libcurl reads the no_proxy environment: "*"
+ * alone is every host; entries are separated by commas or blanks; a name
+ * matches itself or a domain it is in ("example.com" and ".example.com"
+ * both cover www.example.com), case ignored, a trailing dot ignored; an
+ * IP address matches an address entry, whole or with "/bits". */
+int pb_url_no_proxy(const char *list, const char *host, size_t n);
+
 /* Index of the first CR, LF or NUL byte in s, or -1. */
 long pb_find_crlf_nul(const char *s, size_t n);
 

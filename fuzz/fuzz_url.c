@@ -17,7 +17,10 @@
  *     gets the same answer either way;
  *   - pb_url_to_ascii converts exactly the URLs the request check accepts,
  *     into a pure-ASCII URL the check accepts and that converts to itself,
- *     with the same bytes up to the host.
+ *     with the same bytes up to the host;
+ *   - pb_url_host finds a host inside the URL exactly when the scheme is
+ *     http(s); pb_url_no_proxy covers any host with "*", and reads any
+ *     list (the input itself) without crashing.
  *
  *   make build/fuzz/fuzz_url && build/fuzz/fuzz_url fuzz/seeds/fuzz_url */
 #include <stdint.h>
@@ -91,6 +94,25 @@ static void check(const uint8_t *data, size_t size)
     }
 }
 
+static void check_host(const uint8_t *data, size_t size)
+{
+    const char *s = (const char *)data;
+    size_t off = 0, len = 0;
+    char *list;
+    int found = pb_url_host(s, size, &off, &len);
+    if (found != (ieq_prefix(data, size, "http://") || ieq_prefix(data, size, "https://")))
+        FAIL("pb_url_host = %d", found);
+    if (!found) return;
+    if (off < 7 || off > size || len > size - off) FAIL("host at %zu, %zu bytes, outside the URL", off, len);
+    if (len && !pb_url_no_proxy("*", s + off, len)) FAIL("\"*\" does not cover the host");
+    list = (char *)malloc(size + 1);
+    if (!list) return;
+    memcpy(list, data, size);
+    list[size] = '\0';
+    (void)pb_url_no_proxy(list, s + off, len);
+    free(list);
+}
+
 static void check_ascii(const uint8_t *data, size_t size)
 {
     const char *s = (const char *)data;
@@ -138,6 +160,7 @@ static void check_prefix(const uint8_t *data, size_t n)
     const char *s = (const char *)data, *c = (const char *)copy;
     if (n) memcpy(copy, data, n);
     check(copy, n);
+    check_host(copy, n);
     if (pb_check_code_url(s, n) != pb_check_code_url(c, n) ||
         pb_check_request_url(s, n) != pb_check_request_url(c, n) ||
         pb_url_is_loopback(s, n) != pb_url_is_loopback(c, n) ||
@@ -150,6 +173,7 @@ static void check_prefix(const uint8_t *data, size_t n)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     check(data, size);
+    check_host(data, size);
     check_ascii(data, size);
     if (size > 1) check_prefix(data, size / 2);
     if (size > 0) check_prefix(data, size - 1);

@@ -2,8 +2,11 @@
 -- itself, so a proxied transfer can only have an IP-literal host checked,
 -- before the proxy is asked: in every spelling libcurl reads as an address.
 -- A transfer is proxied or not as postback decides, never as libcurl would
--- by itself from the environment (no_proxy), so no transfer goes out
--- directly without its addresses checked.
+-- by itself from the environment, so none goes out directly without its
+-- addresses checked: proxy = URL takes every host (no_proxy aside), and
+-- with proxy = "env" the engine picks each route from the environment as
+-- libcurl reads it -- a postback it names no proxy for (no variable for
+-- its scheme, its host in no_proxy) connects directly, checked.
 --
 -- Two counting receivers (spec/support/countrecv.lua) listen on 127.0.0.1:
 -- the destination, and a stand-in for the proxy, which logs each request
@@ -44,6 +47,21 @@ local function dispatch(o, urls)
   local t0 = core.now()
   while d:pending() > 0 and core.now() - t0 < 10 do d:poll(0.05) end
   d:close()
+  return out
+end
+-- fire, fire_many and the dispatcher with options o, on every case {name,
+-- base URL} (paths /fire/<name>, /many/<name>, /disp/<name>): out[name] =
+-- {fire =, many =, disp =}
+local function three(cases, o)
+  local out, urls, durls = {}, {}, {}
+  for i, c in ipairs(cases) do
+    out[c[1]] = { fire = one(postback.fire(c[2] .. "/fire/" .. c[1], nil, opts(o))) }
+    urls[i] = c[2] .. "/many/" .. c[1]
+    durls[i] = c[2] .. "/disp/" .. c[1]
+  end
+  for i, r in ipairs(postback.fire_many(urls, opts(o))) do out[cases[i][1]].many = item(r) end
+  local d = dispatch(opts(o), durls)
+  for i, c in ipairs(cases) do out[c[1]].disp = d[i] end
   return out
 end
 -- e:add of each request on an engine with the destination policy; true, or
@@ -224,5 +242,135 @@ return out
     assert.same({}, plog)
     -- the allowed one alone reached the destination
     assert.same({ "conn 127.0.0.1", "req 127.0.0.1 GET /empty-allowed" }, rlog)
+  end)
+end)
+
+describe('proxy = "env"', function()
+  -- the three ways of firing refused a case, and nothing of it reached anyone
+  local function refused(v, logs, name)
+    for _, way in ipairs { "fire", "many", "disp" } do
+      local r = v[name][way]
+      assert(r, name .. ": no outcome for " .. way)
+      assert.is_false(r.ok, ("%s %s was delivered"):format(way, name))
+      assert.equal("blocked_address", r.err and r.err.code, ("%s %s: %s"):format(way, name,
+        tostring(r.err and (r.err.text or r.err.message))))
+    end
+    for _, log in ipairs(logs) do assert.same({}, lines_with(log, "/" .. name), name) end
+  end
+
+  -- the three ways delivered a case through the proxy, which got the whole URL
+  local function proxied(v, plog, rlog, name, base)
+    for _, way in ipairs { "fire", "many", "disp" } do
+      local r = v[name][way]
+      assert.is_true(r.ok, ("%s %s: %s"):format(way, name, tostring(r.err and (r.err.text or r.err.message))))
+      assert.same({ ("req 127.0.0.1 GET %s/%s/%s"):format(base, way, name) },
+        lines_with(plog, ("/%s/%s"):format(way, name)))
+    end
+    assert.same({}, lines_with(rlog, "/" .. name))
+  end
+
+  describe("with http_proxy alone", function()
+    local v, plog, rlog
+    setup(function()
+      v, plog, rlog = scenario([==[
+local function at(host, scheme) return ("%s://%s:%s"):format(scheme or "http", host, recv_port) end
+local out = three({ { "https-literal", at("127.0.0.1", "https") }, { "https-name", at("localhost", "https") },
+                    { "http-literal", at("127.0.0.1") }, { "http-name", "http://postback.test" } },
+                  { proxy = "env" })
+out.add = add(core.engine { destinations = true },
+              { { url = at("localhost", "https") .. "/add/https-add", proxy_from_env = true } })[1]
+return out
+]==], { http_proxy = "http://127.0.0.1:PROXY_PORT" })
+    end)
+
+    it("connects an https URL directly, every address checked (the environment names no proxy for it)", function()
+      assert(v, "no result")
+      refused(v, { plog, rlog }, "https-literal")
+      refused(v, { plog, rlog }, "https-name")
+      -- e:add: refused at connect time
+      assert.is_true(v.add)
+      assert.same({}, rlog, "something connected to the destination")
+    end)
+
+    it("sends an http URL through the proxy: an IP-literal host checked first, a name the proxy's", function()
+      assert(v, "no result")
+      refused(v, { plog, rlog }, "http-literal")
+      proxied(v, plog, rlog, "http-name", "http://postback.test")
+    end)
+  end)
+
+  describe("with http_proxy and no_proxy", function()
+    local v, plog, rlog
+    setup(function()
+      v, plog, rlog = scenario([==[
+local function at(host) return ("http://%s:%s"):format(host, recv_port) end
+local out = three({ { "listed", at("localhost") }, { "listed-upper", at("LOCALHOST") },
+                    { "not-listed", "http://other.test" } },
+                  { proxy = "env" })
+out.allowed = three({ { "direct-allowed", at("localhost") } }, { proxy = "env", allow_private = true })
+return out
+]==], { http_proxy = "http://127.0.0.1:PROXY_PORT", no_proxy = "example.com, localhost" })
+    end)
+
+    it("connects a host in no_proxy directly, every address checked", function()
+      assert(v, "no result")
+      refused(v, { plog, rlog }, "listed")
+      refused(v, { plog, rlog }, "listed-upper")
+      -- the destination's connections: the three allowed ones below
+      assert.equal(3, #lines_with(rlog, "conn "), "a refused postback connected")
+    end)
+
+    it("connects a host in no_proxy directly: allowed, it reaches the destination itself", function()
+      assert(v, "no result")
+      for _, way in ipairs { "fire", "many", "disp" } do
+        local r = v.allowed["direct-allowed"][way]
+        assert.is_true(r.ok, way .. ": " .. tostring(r.err and (r.err.text or r.err.message)))
+      end
+      assert.equal(3, #lines_with(rlog, "req 127.0.0.1 GET /"))
+      assert.same({}, lines_with(plog, "direct-allowed"))
+    end)
+
+    it("sends a host not in no_proxy through the proxy", function()
+      assert(v, "no result")
+      proxied(v, plog, rlog, "not-listed", "http://other.test")
+    end)
+  end)
+
+  describe("with HTTP_PROXY and HTTPS_PROXY (upper case)", function()
+    local v, plog, rlog
+    setup(function()
+      v, plog, rlog = scenario([==[
+local out = three({ { "upper-http", ("http://localhost:%s"):format(recv_port) } }, { proxy = "env", allow_private = true })
+out.https = one(postback.fire("https://postback.test/upper-https", nil, opts { proxy = "env" }))
+return out
+]==], { HTTP_PROXY = "http://127.0.0.1:PROXY_PORT", HTTPS_PROXY = "http://127.0.0.1:PROXY_PORT" })
+    end)
+
+    it("uses HTTPS_PROXY for https, and never HTTP_PROXY (as libcurl)", function()
+      assert(v, "no result")
+      for _, way in ipairs { "fire", "many", "disp" } do
+        local r = v["upper-http"][way]
+        assert.is_true(r.ok, way .. ": " .. tostring(r.err and (r.err.text or r.err.message)))
+      end
+      assert.equal(3, #lines_with(rlog, "upper-http"))
+      assert.same({}, lines_with(plog, "upper-http"))
+      -- the stand-in answers CONNECT with a plain 200: no TLS follows
+      assert.is_false(v.https.ok)
+      assert.same({ "req 127.0.0.1 CONNECT postback.test:443" }, lines_with(plog, "CONNECT"))
+    end)
+  end)
+
+  describe("with all_proxy", function()
+    local v, plog, rlog
+    setup(function()
+      v, plog, rlog = scenario([==[
+return three({ { "all", "http://postback.test" } }, { proxy = "env" })
+]==], { all_proxy = "http://127.0.0.1:PROXY_PORT" })
+    end)
+
+    it("sends a URL of any scheme through it", function()
+      assert(v, "no result")
+      proxied(v, plog, rlog, "all", "http://postback.test")
+    end)
   end)
 end)

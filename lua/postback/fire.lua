@@ -63,20 +63,6 @@ local function networks_check(name, v)
   if not ok then return ("option %s: %s"):format(name, tostring(why)) end
 end
 
--- The *_proxy variables libcurl reads, in the order it reads them.
-local PROXY_VARS = { "http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY" }
-
--- proxy = "env": libcurl's own reading of the environment when it names a
--- proxy (the proxy resolves names then: only IP-literal hosts are checked);
--- no proxy at all, and every address checked, when it names none.
-local function env_proxy()
-  for _, k in ipairs(PROXY_VARS) do
-    local v = os.getenv(k)
-    if v and v ~= "" then return true end
-  end
-  return false
-end
-
 local function nameservers_check(name, v)
   if type(v) ~= "table" or #v == 0 then return ("option %s must be a list of addresses"):format(name) end
   for _, ns in ipairs(v) do
@@ -222,8 +208,13 @@ function M.profile(o)
   return {
     timeout = o.timeout, connect_timeout = o.connect_timeout, max_body = o.max_body,
     max_url = o.max_url, follow = o.follow, insecure = o.insecure, ca_file = o.ca_file,
+    -- proxy = "env": the *_proxy environment, which the engine reads as
+    -- libcurl does. A postback it names a proxy for goes through that proxy
+    -- (which resolves names: only IP-literal hosts are checked); any other
+    -- (no proxy for its scheme, its host in no_proxy) connects directly,
+    -- every address checked.
     user_agent = o.user_agent, proxy = o.proxy ~= "env" and o.proxy or nil,
-    proxy_from_env = (o.proxy == "env" and env_proxy()) or nil, headers = o.headers,
+    proxy_from_env = o.proxy == "env" or nil, headers = o.headers,
     concurrency = o.concurrency,
     -- the destination policy: every address checked at connect time
     destinations = true, allow_private = o.allow_private, allow_networks = o.allow_networks,

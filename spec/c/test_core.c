@@ -1798,6 +1798,62 @@ static void t_url_host(void)
     hcase("h.example", NULL);
 }
 
+static void npcase(const char *list, const char *host, int exp)
+{
+    int got = pb_url_no_proxy(list, host, strlen(host));
+    if (got != exp) {
+        cur_fail++;
+        diagf("no_proxy \"%s\", host \"%s\": expected %d, got %d", list ? list : "(null)", host, exp, got);
+    }
+}
+
+static void t_url_no_proxy(void)
+{
+    npcase(NULL, "h.example", 0);
+    npcase("", "h.example", 0);
+    npcase("*", "h.example", 1);
+    npcase("*", "[::1]", 1);
+    npcase("*,x", "h.example", 0); /* "*" alone only, as libcurl 7.88 */
+    /* names: the host itself or a domain it is in, case ignored */
+    npcase("localhost", "localhost", 1);
+    npcase("localhost", "LocalHost", 1);
+    npcase("LOCALHOST", "localhost", 1);
+    npcase("localhost", "localhost.", 1);
+    npcase("localhost.", "localhost", 1);
+    npcase("example.com", "example.com", 1);
+    npcase("example.com", "www.example.com", 1);
+    npcase(".example.com", "www.example.com", 1);
+    npcase(".example.com", "example.com", 1);
+    npcase("example.com", "notexample.com", 0);
+    npcase("example.com", "example.com.evil", 0);
+    npcase("www.example.com", "example.com", 0);
+    npcase(".", "example.com", 0);
+    npcase("a.test, b.test", "x.b.test", 1);
+    npcase("a.test\tb.test", "b.test", 1);
+    npcase(",,a.test,,", "a.test", 1);
+    npcase("a.test", "b.test", 0);
+    /* addresses: address entries only, whole or with /bits */
+    npcase("127.0.0.1", "127.0.0.1", 1);
+    npcase("127.0.0.1", "127.0.0.2", 0);
+    npcase("127.0.0.0/8", "127.9.8.7", 1);
+    npcase("10.0.0.0/8", "127.0.0.1", 0);
+    npcase("192.168.1.128/25", "192.168.1.200", 1);
+    npcase("192.168.1.128/25", "192.168.1.127", 0);
+    npcase("192.168.1.1/0", "192.168.1.1", 1); /* 0: all bits */
+    npcase("192.168.1.1/0", "192.168.1.2", 0);
+    npcase("127.0.0.1/33", "127.0.0.1", 0);
+    npcase("0.1", "127.0.0.1", 0); /* no tail match for addresses */
+    npcase("localhost", "127.0.0.1", 0);
+    npcase("::1", "[::1]", 1);
+    npcase("[::1]", "[::1]", 0);
+    npcase("fd00::/8", "[fd12:3456::1]", 1);
+    npcase("fd00::/8", "[fe80::1]", 0);
+    npcase("2001:db8::/33", "[2001:db8:7fff::1]", 1);
+    npcase("2001:db8::/33", "[2001:db8:8000::1]", 0);
+    npcase("127.0.0.1", "[::ffff:127.0.0.1]", 0);
+    npcase("h.example", "", 0);
+}
+
 static void t_find_crlf_nul(void)
 {
     CHECK_INT(pb_find_crlf_nul("", 0), -1);
@@ -4176,6 +4232,7 @@ int main(void)
     run("pb_url_to_ascii: IDN, IPv4 and IPv6 forms, bytes >= 0x80, refusals", t_url_to_ascii);
     run("pb_url_is_https", t_url_https);
     run("pb_url_host: user info, port, IPv6 brackets, no host, other schemes", t_url_host);
+    run("pb_url_no_proxy: *, names and their domains, addresses and networks", t_url_no_proxy);
     run("pb_find_crlf_nul", t_find_crlf_nul);
     run("macros: the 28 names and pb_macro_index", t_macro_index);
     run("macros: suggestions (pb_suggest over the macro names)", t_macro_suggest);
