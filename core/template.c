@@ -116,9 +116,7 @@ static int add_segment(parser *ps, int kind, size_t off, size_t len, size_t slot
     return PB_OK;
 }
 
-/* Length of the placeholder starting at s[i] (0 when there is none), with
- * the name's offset and length. */
-static size_t placeholder(const char *s, size_t n, size_t i, size_t *noff, size_t *nlen)
+size_t pb_placeholder(const char *s, size_t n, size_t i, size_t *noff, size_t *nlen)
 {
     size_t j;
     if (s[i] == '{') {
@@ -161,7 +159,7 @@ pb_template *pb_template_parse(const char *src, size_t len, const pb_alloc *a)
     while (i < len) {
         size_t noff, nlen, slot, plen;
         unsigned char c = (unsigned char)t->src[i];
-        if ((c != '{' && c != '%') || !(plen = placeholder(t->src, len, i, &noff, &nlen))) {
+        if ((c != '{' && c != '%') || !(plen = pb_placeholder(t->src, len, i, &noff, &nlen))) {
             i++;
             continue;
         }
@@ -354,7 +352,7 @@ int pb_render_stream(const char *src, size_t len, pb_lookup_fn lookup, void *ud,
         pb_value v;
         while (i < len && src[i] != '{' && src[i] != '%') i++;
         if (i == len) break;
-        if (!(plen = placeholder(src, len, i, &noff, &nlen))) {
+        if (!(plen = pb_placeholder(src, len, i, &noff, &nlen))) {
             i++;
             continue;
         }

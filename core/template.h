@@ -91,6 +91,11 @@ typedef void (*pb_lookup_fn)(void *ud, const char *name, size_t len, pb_value *o
 int pb_render_stream(const char *src, size_t len, pb_lookup_fn lookup, void *ud,
                      const pb_render_opts *opts, pb_buf *out, pb_render_err *err);
 
+/* Length of the placeholder ({name} or %7Bname%7D, hex digits in either
+ * case; a name of letters, digits and '_') starting at s[i] of s[0..n), with
+ * the name's offset and length; 0 when there is none. */
+size_t pb_placeholder(const char *s, size_t n, size_t i, size_t *noff, size_t *nlen);
+
 /* Appends one value as the rendering rules write it (before encoding). */
 int pb_value_format(pb_buf *out, const pb_value *v, int encode);
 

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "template.h"
+
 /* Longest host handed to libidn2 (a DNS name is at most 253 bytes; UTF-8
  * takes up to 4 bytes a character). */
 #define MAX_IDN_HOST 1024
@@ -76,26 +78,11 @@ static int host_char_ok(unsigned char c)
            c == '-' || c == '.' || c == '_' || c == '~';
 }
 
-static int name_char(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_';
-}
-
 /* Length of a whole macro ({name} or %7Bname%7D) at s[i..end), or 0. */
 static size_t macro_at(const char *s, size_t i, size_t end)
 {
-    size_t j;
-    if (s[i] == '{') {
-        for (j = i + 1; j < end && name_char((unsigned char)s[j]); j++) {}
-        return j > i + 1 && j < end && s[j] == '}' ? j + 1 - i : 0;
-    }
-    if (s[i] == '%' && end - i > 6 && s[i + 1] == '7' && (s[i + 2] | 0x20) == 'b') {
-        for (j = i + 3; j < end && name_char((unsigned char)s[j]); j++) {}
-        if (j > i + 3 && end - j >= 3 && s[j] == '%' && s[j + 1] == '7' && (s[j + 2] | 0x20) == 'd')
-            return j + 3 - i;
-    }
-    return 0;
+    size_t noff, nlen;
+    return pb_placeholder(s, end, i, &noff, &nlen);
 }
 
 /* Converts a UTF-8 host name to ASCII as libcurl does with libidn2:
