@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "encode.h"
+#include "json.h"
 #include "macros.h"
 
 static int is_name_char(unsigned char c)
@@ -194,19 +195,6 @@ void pb_template_free(pb_template *t)
     pb_free(a, t, sizeof *t);
 }
 
-/* Writes v in decimal into the end of tmp[40]; returns the start. */
-static char *format_int(char *end, long long v)
-{
-    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
-    char *p = end;
-    do {
-        *--p = (char)('0' + (int)(u % 10));
-        u /= 10;
-    } while (u);
-    if (v < 0) *--p = '-';
-    return p;
-}
-
 /* Formats d as "%.14g" would, into tmp (at least 40 bytes); returns the
  * length. Numbers with few decimals (payouts, amounts) take a short path:
  * when d * 10^k is an integer m of at most 14 digits and m / 10^k gives d
@@ -218,16 +206,13 @@ static int format_float(char *tmp, size_t size, double d)
     double a = d < 0 ? -d : d;
     int k;
     if (a >= 1e-4 && a < 1e14) {
-        for (k = 0; k <= 6; k++) {
+        /* (from k = 1: an integral d is written by the caller) */
+        for (k = 1; k <= 6; k++) {
             double scaled = a * pow10[k], m = floor(scaled);
             if (scaled == m && m < 1e14 && m / pow10[k] == a) {
-                char digits[40], *p = format_int(digits + sizeof digits, (long long)m);
-                size_t n = (size_t)(digits + sizeof digits - p), out = 0, ip;
+                char p[PB_JSON_NUMBER_MAX];
+                size_t n = pb_json_format_int(p, (long long)m), out = 0, ip;
                 if (d < 0) tmp[out++] = '-';
-                if (k == 0) {
-                    memcpy(tmp + out, p, n);
-                    return (int)(out + n);
-                }
                 /* n digits, k of them decimals (zeros in front when n <= k) */
                 if (n <= (size_t)k) {
                     tmp[out++] = '0';
@@ -254,23 +239,20 @@ static int format_float(char *tmp, size_t size, double d)
 int pb_value_format(pb_buf *out, const pb_value *v, int encode)
 {
     char tmp[40];
-    const char *p = tmp;
     int n;
     switch (v->kind) {
     case PB_V_STRING:
         return encode == PB_ENCODE_URL ? pb_url_encode(out, v->s, v->len)
                                        : pb_buf_append(out, v->s, v->len);
     case PB_V_INT:
-        p = format_int(tmp + sizeof tmp, v->i);
-        n = (int)(tmp + sizeof tmp - p);
+        n = (int)pb_json_format_int(tmp, v->i);
         break;
     case PB_V_FLOAT:
         if (!isfinite(v->d)) return PB_RERR_NONFINITE;
         /* An integral float up to 2^53 is an integer a JSON decoder handed
          * over (Lua 5.4's cjson gives 123456789012345.0): all its digits. */
-        if (fabs(v->d) <= 9007199254740992.0 && v->d == floor(v->d) && !(v->d == 0 && signbit(v->d))) {
-            p = format_int(tmp + sizeof tmp, (long long)v->d);
-            n = (int)(tmp + sizeof tmp - p);
+        if (fabs(v->d) <= PB_JSON_EXACT_MAX && v->d == floor(v->d) && !(v->d == 0 && signbit(v->d))) {
+            n = (int)pb_json_format_int(tmp, (long long)v->d);
         } else {
             n = format_float(tmp, sizeof tmp, v->d);
         }
@@ -282,8 +264,8 @@ int pb_value_format(pb_buf *out, const pb_value *v, int encode)
     }
     if (n < 0 || (size_t)n >= sizeof tmp) return PB_RERR_BADTYPE;
     /* Digits, '-' and '.' are unreserved; only an exponent's '+' needs encoding. */
-    return encode == PB_ENCODE_URL ? pb_url_encode(out, p, (size_t)n)
-                                   : pb_buf_append(out, p, (size_t)n);
+    return encode == PB_ENCODE_URL ? pb_url_encode(out, tmp, (size_t)n)
+                                   : pb_buf_append(out, tmp, (size_t)n);
 }
 
 /* Renders one placeholder (ph, phlen as written; its name at name, nlen)

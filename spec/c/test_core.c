@@ -1127,10 +1127,59 @@ static void t_format_floats(void)
     fcase(vflt(-1.7976931348623157e308), PB_ENCODE_NONE, PB_OK, "-1.7976931348623e+308");
     fcase(vflt(4.9406564584124654e-324), PB_ENCODE_NONE, PB_OK, "4.9406564584125e-324");
     fcase(vflt(99999999999999.5), PB_ENCODE_NONE, PB_OK, "1e+14");
+    /* the short path for few decimals: 1 to 6 of them, zeros in front */
+    fcase(vflt(0.0001), PB_ENCODE_NONE, PB_OK, "0.0001");
+    fcase(vflt(-0.000123), PB_ENCODE_NONE, PB_OK, "-0.000123");
+    fcase(vflt(12.5), PB_ENCODE_NONE, PB_OK, "12.5");
+    fcase(vflt(-1234567.125), PB_ENCODE_NONE, PB_OK, "-1234567.125");
+    fcase(vflt(99999999.999999), PB_ENCODE_NONE, PB_OK, "99999999.999999");
+    fcase(vflt(9.99e-05), PB_ENCODE_NONE, PB_OK, "9.99e-05");
     fcase(vflt(NAN), PB_ENCODE_URL, PB_RERR_NONFINITE, NULL);
     fcase(vflt(-NAN), PB_ENCODE_NONE, PB_RERR_NONFINITE, NULL);
     fcase(vflt(INFINITY), PB_ENCODE_URL, PB_RERR_NONFINITE, NULL);
     fcase(vflt(-INFINITY), PB_ENCODE_NONE, PB_RERR_NONFINITE, NULL);
+}
+
+/* A deterministic generator for the random round trips. */
+static unsigned long long rng_next(unsigned long long *st)
+{
+    unsigned long long x = *st;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *st = x;
+}
+
+/* Non-integral floats print as "%.14g" does, short path or not. */
+static void t_format_floats_random(void)
+{
+    static const double pow10[] = { 1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8 };
+    unsigned long long st = 0x2545F4914F6CDD1DULL;
+    char ref[64];
+    int i, bad = 0;
+    for (i = 0; i < 200000; i++) {
+        unsigned long long r = rng_next(&st);
+        double d;
+        pb_value v;
+        pb_buf b;
+        if (r & 1) {
+            /* an amount: up to 12 digits, up to 8 of them decimals */
+            long long m = (long long)(rng_next(&st) % 1000000000000ULL);
+            d = (double)(r & 2 ? -m : m) / pow10[(r >> 2) % 9];
+        } else {
+            memcpy(&d, &r, sizeof d);
+        }
+        if (!isfinite(d) || (fabs(d) <= 9007199254740992.0 && d == floor(d))) continue;
+        snprintf(ref, sizeof ref, "%.14g", d);
+        pb_buf_init(&b, NULL);
+        v = vflt(d);
+        if (pb_value_format(&b, &v, PB_ENCODE_NONE) != PB_OK ||
+            strcmp(pb_buf_str(&b), ref) != 0) {
+            if (bad++ < 5) diagf("%.17g: got %s, \"%%.14g\" gives %s", d, pb_buf_str(&b), ref);
+        }
+        pb_buf_free(&b);
+    }
+    CHECK_INT(bad, 0);
 }
 
 static void t_format_other(void)
@@ -1146,16 +1195,6 @@ static void t_format_other(void)
 }
 
 /* ==== JSON numbers and strings =============================================== */
-
-/* A deterministic generator for the random round trips. */
-static unsigned long long rng_next(unsigned long long *st)
-{
-    unsigned long long x = *st;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *st = x;
-}
 
 
 static void jint(long long v, const char *exp)
@@ -4222,6 +4261,7 @@ int main(void)
     run("render: appends; buffer limit -> PB_ELIMIT", t_render_limit_and_append);
     run("format: integers incl. LLONG_MIN/MAX", t_format_ints);
     run("format: floats %.14g, integral ones up to 2^53 in digits, non-finite refused", t_format_floats);
+    run("format: 200000 random non-integral floats as \"%.14g\" prints them", t_format_floats_random);
     run("format: booleans, strings, bad kinds", t_format_other);
     run("JSON: integers in plain digits, LLONG_MIN/MAX, 100000 random", t_json_ints);
     run("JSON: doubles exact (integral <= 2^53 as digits), 200000 random read back", t_json_doubles);
