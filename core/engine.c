@@ -152,6 +152,23 @@ static int has_crlf_nul(const char *s)
     return s && pb_find_crlf_nul(s, strlen(s)) >= 0;
 }
 
+/* Refuses bad or oversized headers, and CR, LF or NUL in the credentials,
+ * the user agent or the proxy. */
+static int check_options(const pb_req *r, char *why, size_t whylen)
+{
+    const char *bad = headers_problem(r->headers, r->nheaders);
+    if (bad) {
+        set_why(why, whylen, bad);
+        return PB_EINVAL;
+    }
+    if (has_crlf_nul(r->username) || has_crlf_nul(r->password) || has_crlf_nul(r->user_agent) ||
+        has_crlf_nul(r->proxy)) {
+        set_why(why, whylen, "credentials, user agent or proxy contain CR, LF or NUL");
+        return PB_EINVAL;
+    }
+    return PB_OK;
+}
+
 /* Keeps a private copy of the profile (strings and headers included). */
 static int copy_profile(pb_engine *e, const pb_req *r)
 {
@@ -207,20 +224,8 @@ static int read_proxy_env(pb_engine *e)
 pb_engine *pb_engine_new(const pb_engine_opts *o, char *why, size_t whylen)
 {
     pb_engine *e;
+    if (o && o->profile && check_options(o->profile, why, whylen) != PB_OK) return NULL;
     set_why(why, whylen, "out of memory");
-    if (o && o->profile) {
-        const pb_req *p = o->profile;
-        const char *bad = headers_problem(p->headers, p->nheaders);
-        if (bad) {
-            set_why(why, whylen, bad);
-            return NULL;
-        }
-        if (has_crlf_nul(p->username) || has_crlf_nul(p->password) ||
-            has_crlf_nul(p->user_agent) || has_crlf_nul(p->proxy)) {
-            set_why(why, whylen, "credentials, user agent or proxy contain CR or LF");
-            return NULL;
-        }
-    }
     e = calloc(1, sizeof *e);
     if (!e) return NULL;
     e->multi = curl_multi_init();
@@ -456,24 +461,13 @@ static int check_url(const char *url, size_t url_len, size_t max_url, unsigned f
 static int check_request(const pb_req *r, const char *method, size_t url_len, unsigned flags,
                          char *why, size_t whylen)
 {
-    const char *bad;
     int rc;
     if (!token_ok(method)) {
         set_why(why, whylen, "invalid method");
         return PB_EINVAL;
     }
     if ((rc = check_url(r->url, url_len, r->max_url, flags, why, whylen)) != PB_OK) return rc;
-    bad = headers_problem(r->headers, r->nheaders);
-    if (bad) {
-        set_why(why, whylen, bad);
-        return PB_EINVAL;
-    }
-    if (has_crlf_nul(r->username) || has_crlf_nul(r->password) || has_crlf_nul(r->user_agent) ||
-        has_crlf_nul(r->proxy)) {
-        set_why(why, whylen, "credentials, user agent or proxy contain CR, LF or NUL");
-        return PB_EINVAL;
-    }
-    return PB_OK;
+    return check_options(r, why, whylen);
 }
 
 static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a);

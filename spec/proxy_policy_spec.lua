@@ -374,3 +374,19 @@ return three({ { "all", "http://postback.test" } }, { proxy = "env" })
     end)
   end)
 end)
+
+describe("a proxy with CR or LF", function()
+  local core = require "postback.core"
+  local WHY = "credentials, user agent or proxy contain CR, LF or NUL"
+
+  it("is refused, with the same reason, for the engine and for one request", function()
+    for _, bad in ipairs { "http://p:3128\r\nX-A: b", "http://p\n", "http://p\r" } do
+      local ok, err = pcall(core.engine, { proxy = bad })
+      assert.is_false(ok, ("%q"):format(bad))
+      assert.equal("cannot create the engine: " .. WHY, err)
+      local e = core.engine {}
+      assert.same({ nil, WHY }, { e:add({ url = "http://127.0.0.1:9/x", proxy = bad }, 1) })
+      e:close()
+    end
+  end)
+end)
