@@ -36,7 +36,7 @@ typedef struct xfer {
                        * 1 + https, + 2 when through a proxy (see prepare_get) */
     int lean_headers; /* headers not kept: Retry-After is read once at the end */
     const pb_netpolicy *policy; /* the engine's, when addresses are checked */
-    int blocked, opened;        /* addresses refused by the policy, sockets opened */
+    int blocked;                /* addresses refused by the policy */
     char blocked_why[PB_NETPOLICY_WHY];
     struct xfer *prev, *next;
 } xfer;
@@ -64,7 +64,6 @@ struct pb_engine {
     pb_netpolicy *policy; /* NULL: no destination checks */
     unsigned url_flags;
     /* The profile of pb_engine_get: a private copy of the caller's pb_req. */
-    int has_profile;
     pb_req profile;
     struct curl_slist *profile_hdrs;
     char *profile_ca, *profile_ua, *profile_user, *profile_pass, *profile_proxy;
@@ -194,7 +193,6 @@ static int copy_profile(pb_engine *e, const pb_req *r)
         struct curl_slist *sl = curl_slist_append(e->profile_hdrs, r->headers[i]);
         if (sl) e->profile_hdrs = sl; else ok = 0;
     }
-    e->has_profile = 1;
     return ok ? PB_OK : PB_ENOMEM;
 }
 
@@ -420,7 +418,7 @@ static xfer *take_xfer(pb_engine *e)
         }
     }
     x->too_large = x->nomem = x->fail = x->sent = x->headers_done = 0;
-    x->blocked = x->opened = 0;
+    x->blocked = 0;
     x->policy = e->policy;
     x->status = 0;
     x->seconds = 0;
@@ -640,7 +638,6 @@ static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_soc
     /* a connection is allowed: earlier refusals (another address, an
      * earlier hop) are not why this transfer may fail */
     x->blocked = 0;
-    x->opened++;
     return socket(a->family, a->socktype, a->protocol);
 }
 
