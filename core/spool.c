@@ -952,6 +952,19 @@ static int take_line(pb_spool *sp, const char *line, size_t len, unsigned long l
     return PB_SPOOL_OK;
 }
 
+/* Ends a line too long to be a record, streamed to <path>.corrupt (ok: all
+ * of it so far was saved), and reports it. */
+static void end_spill(pb_spool *sp, int ok, unsigned long long lineno, unsigned long long start,
+                      unsigned long long len, long long id)
+{
+    if (ok && corrupt_put(sp, "\n", 1) != 0) {
+        ok = 0;
+        sp->corrupt_errno = errno ? errno : EIO;
+    }
+    sp->ncorrupt++;
+    push_event(sp, PB_SPOOL_DAMAGED_TOO_LONG, lineno, start, (size_t)len, id, ok, 0);
+}
+
 /* Reads the whole file in chunks. Sets *size (bytes read) and *tail (where
  * a last line without '\n' starts; == *size when there is none). */
 static int scan(pb_spool *sp, unsigned long long *size, unsigned long long *tail, pb_spool_err *err)
@@ -1000,13 +1013,7 @@ static int scan(pb_spool *sp, unsigned long long *size, unsigned long long *tail
                 continue;
             }
             if (spill) {
-                if (spill_ok && corrupt_put(sp, "\n", 1) != 0) {
-                    spill_ok = 0;
-                    sp->corrupt_errno = errno ? errno : EIO;
-                }
-                sp->ncorrupt++;
-                push_event(sp, PB_SPOOL_DAMAGED_TOO_LONG, lineno, start, (size_t)spill_len,
-                           spill_id, spill_ok, 0);
+                end_spill(sp, spill_ok, lineno, start, spill_len, spill_id);
                 spill = 0;
             } else if ((rc = take_line(sp, line->data, line->len, start, lineno, err)) !=
                        PB_SPOOL_OK) {
@@ -1022,13 +1029,7 @@ static int scan(pb_spool *sp, unsigned long long *size, unsigned long long *tail
     *size = pos;
     *tail = start;
     if (spill) {
-        if (spill_ok && corrupt_put(sp, "\n", 1) != 0) {
-            spill_ok = 0;
-            sp->corrupt_errno = errno ? errno : EIO;
-        }
-        sp->ncorrupt++;
-        push_event(sp, PB_SPOOL_DAMAGED_TOO_LONG, lineno, start, (size_t)spill_len, spill_id,
-                   spill_ok, 0);
+        end_spill(sp, spill_ok, lineno, start, spill_len, spill_id);
     } else if (start < pos) {
         damaged(sp, PB_SPOOL_DAMAGED_TORN, line->data, line->len, start, lineno);
     }
