@@ -990,10 +990,19 @@ static int scan(pb_spool *sp, unsigned long long *size, unsigned long long *tail
             const char *nl = memchr(p, '\n', (size_t)(end - p));
             size_t seg = (size_t)((nl ? nl : end) - p);
             if (!spill && line->len + seg > sp->max_line) {
-                /* Too long to be a record: streamed to <path>.corrupt. */
+                /* Too long to be a record: streamed to <path>.corrupt. Its id
+                 * is in its first bytes, kept already or in this segment. */
+                char head[10 + 17]; /* checksum, space, '+', the longest id */
+                size_t hn = line->len < sizeof head ? line->len : sizeof head;
+                if (hn) memcpy(head, line->data, hn);
+                if (hn < sizeof head) {
+                    size_t more = sizeof head - hn < seg ? sizeof head - hn : seg;
+                    memcpy(head + hn, p, more);
+                    hn += more;
+                }
                 spill = 1;
                 spill_len = line->len;
-                spill_id = readable_id(line->data, line->len);
+                spill_id = readable_id(head, hn);
                 spill_ok = !sp->corrupt_errno && corrupt_put(sp, line->data, line->len) == 0;
                 if (!spill_ok && !sp->corrupt_errno) sp->corrupt_errno = errno ? errno : EIO;
                 pb_buf_reset(line);

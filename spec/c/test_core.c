@@ -3433,58 +3433,70 @@ static void t_spool_damage_kinds(void)
 }
 
 /* Lines too long to be records (over max_record and the line's frame):
- * streamed to .corrupt as they are read, across read chunks, one in the
- * middle and one torn at the end; the records around them are kept. */
+ * streamed to .corrupt as they are read, with their ids: one longer than a
+ * read (16384 bytes), one whose first bytes end a read, one torn at the end
+ * of the file; the records around them are kept. */
 static void t_spool_long_lines(void)
 {
+    enum { BIG = 40000, MID = 100, TAIL = 300, EDGE = 3 * 16384 - 5 };
     char path[96], *buf, *corrupt;
-    size_t n = 0, cn, big = 40000, tail = 300, i;
-    size_t l2_off, l4_off;
+    size_t n = 0, cn, i, pad = 0, want;
+    size_t off[3];
+    const size_t len[3] = { 12 + BIG, 12 + MID, 12 + TAIL };
     pb_spool *sp = NULL;
     pb_spool_err e;
     pb_spool_opts o;
     pb_spool_event ev[8];
     int nev;
     spool_path(path, sizeof path);
-    buf = malloc(big + tail + 200);
+    buf = malloc(EDGE + MID + TAIL + 100);
     if (!buf) abort();
     n += make_line(buf + n, "+1 one");
-    l2_off = n;
+    off[0] = n;
     memcpy(buf + n, "00000000 +2 ", 12);
     n += 12;
-    for (i = 0; i < big; i++) buf[n++] = 'a';
+    for (i = 0; i < BIG; i++) buf[n++] = 'a';
     buf[n++] = '\n';
     n += make_line(buf + n, "+3 three");
-    l4_off = n;
+    while (n < EDGE) { /* empty lines, up to 5 bytes before the third read ends */
+        buf[n++] = '\n';
+        pad++;
+    }
+    off[1] = n;
+    memcpy(buf + n, "00000000 +5 ", 12);
+    n += 12;
+    for (i = 0; i < MID; i++) buf[n++] = 'c';
+    buf[n++] = '\n';
+    off[2] = n;
     memcpy(buf + n, "00000000 +4 ", 12);
     n += 12;
-    for (i = 0; i < tail; i++) buf[n++] = 'b'; /* no '\n': torn */
+    for (i = 0; i < TAIL; i++) buf[n++] = 'b'; /* no '\n': torn */
     put_file(path, buf, n);
     memset(&o, 0, sizeof o);
     o.max_record = 16;
     CHECK_INT(pb_spool_open(&sp, path, &o, &e), PB_SPOOL_OK);
     CHECK_OWED(sp, "1:one;3:three;");
     nev = pb_spool_events(sp, ev, 8);
-    CHECK_INT(nev, 2);
-    if (nev == 2) {
-        CHECK_INT(ev[0].what, PB_SPOOL_DAMAGED_TOO_LONG);
-        CHECK_INT(ev[0].line, 2);
-        CHECK_INT(ev[0].offset, l2_off);
-        CHECK_INT(ev[0].length, 12 + big);
-        CHECK_INT(ev[0].saved, 1);
-        CHECK_INT(ev[1].what, PB_SPOOL_DAMAGED_TOO_LONG);
-        CHECK_INT(ev[1].line, 4);
-        CHECK_INT(ev[1].offset, l4_off);
-        CHECK_INT(ev[1].length, 12 + tail);
-        CHECK_INT(ev[1].saved, 1);
+    CHECK_INT(nev, 3);
+    for (i = 0; i < 3 && (int)i < nev; i++) {
+        static const long long ids[3] = { 2, 5, 4 };
+        const unsigned long long lines[3] = { 2, 4 + pad, 5 + pad };
+        CHECK_INT(ev[i].what, PB_SPOOL_DAMAGED_TOO_LONG);
+        CHECK_INT(ev[i].line, lines[i]);
+        CHECK_INT(ev[i].offset, off[i]);
+        CHECK_INT(ev[i].length, len[i]);
+        CHECK_INT(ev[i].id, ids[i]);
+        CHECK_INT(ev[i].saved, 1);
     }
     pb_spool_close(sp, &e);
+    /* the three lines, each ended by a '\n' */
     corrupt = get_file(with_suffix(path, ".corrupt"), &cn);
-    /* both lines, each ended by a '\n' */
-    CHECK_INT(cn, (12 + big + 1) + (12 + tail + 1));
-    if (corrupt && cn == (12 + big + 1) + (12 + tail + 1)) {
-        CHECK_MEM(corrupt, 12 + big + 1, buf + l2_off, 12 + big + 1);
-        CHECK_MEM(corrupt + 12 + big + 1, 12 + tail, buf + l4_off, 12 + tail);
+    want = len[0] + len[1] + len[2] + 3;
+    CHECK_INT(cn, want);
+    if (corrupt && cn == want) {
+        CHECK_MEM(corrupt, len[0] + 1, buf + off[0], len[0] + 1);
+        CHECK_MEM(corrupt + len[0] + 1, len[1] + 1, buf + off[1], len[1] + 1);
+        CHECK_MEM(corrupt + len[0] + len[1] + 2, len[2], buf + off[2], len[2]);
         CHECK_INT(corrupt[cn - 1], '\n');
     }
     free(corrupt);
@@ -4364,7 +4376,7 @@ int main(void)
     run("spool: every bit flip of a record is found, moved out, the others kept", t_spool_bit_flips);
     run("spool: the last record cut at every byte", t_spool_truncations);
     run("spool: unknown format, repeated id, glued lines, discard", t_spool_damage_kinds);
-    run("spool: lines too long to be records go to .corrupt whole, torn or not", t_spool_long_lines);
+    run("spool: lines too long to be records go to .corrupt whole, with their ids", t_spool_long_lines);
     run("spool: online compaction keeps the file small and its mode", t_spool_compaction);
     run("OOM: pb_spool open, add, done, sync, compaction", t_oom_spool);
     run("OOM: pb_url_to_ascii", t_oom_url_to_ascii);
