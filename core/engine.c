@@ -426,23 +426,31 @@ static xfer *take_xfer(pb_engine *e)
     return x;
 }
 
-/* Refuses a URL that must never be requested: over max_url, other schemes,
- * CR, LF, NUL or other control bytes, user info unless flags allow it. */
-static int check_url(const char *url, size_t url_len, size_t max_url, unsigned flags, char *why,
-                     size_t whylen)
+/* Refuses a URL over max_url (0: the default). */
+static int check_url_len(size_t url_len, size_t max_url, char *why, size_t whylen)
 {
-    const char *bad;
     if (!max_url) max_url = PB_MAX_URL_DEFAULT;
-    if (!url) {
-        set_why(why, whylen, "no URL");
-        return PB_EINVAL;
-    }
     if (url_len > max_url) {
         char msg[96];
         snprintf(msg, sizeof msg, "URL longer than max_url (%lu bytes)", (unsigned long)max_url);
         set_why(why, whylen, msg);
         return PB_EINVAL;
     }
+    return PB_OK;
+}
+
+/* Refuses a URL that must never be requested: over max_url, other schemes,
+ * CR, LF, NUL or other control bytes, user info unless flags allow it. */
+static int check_url(const char *url, size_t url_len, size_t max_url, unsigned flags, char *why,
+                     size_t whylen)
+{
+    const char *bad;
+    int rc;
+    if (!url) {
+        set_why(why, whylen, "no URL");
+        return PB_EINVAL;
+    }
+    if ((rc = check_url_len(url_len, max_url, why, whylen)) != PB_OK) return rc;
     /* (control bytes, CR, LF and NUL among them, are refused here) */
     bad = pb_check_request_url_ex(url, url_len, flags);
     if (bad) {
@@ -750,11 +758,11 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
     /* The profile (headers, credentials) was checked when it was copied. */
     int plain = len <= (e->profile.max_url ? e->profile.max_url : PB_MAX_URL_DEFAULT) &&
                 pb_url_plain(url, len);
-    if (!plain && (rc = check_url(url, len, e->profile.max_url, e->url_flags, why, whylen)) != PB_OK)
-        return rc;
+    if (!plain && (rc = check_url_len(len, e->profile.max_url, why, whylen)) != PB_OK) return rc;
     pb_buf_init(&conv, NULL);
     if (!plain) {
-        /* what libcurl sends unchanged: punycode, numeric IPv4, encoded bytes */
+        /* checked and converted in one pass (the checks of check_url): what
+         * libcurl sends unchanged, punycode, numeric IPv4, encoded bytes */
         rc = pb_url_to_ascii(url, len, e->url_flags, &conv, why, whylen);
         if (rc < 0) return rc == PB_ELIMIT ? PB_ENOMEM : rc;
         if (rc == 1) {

@@ -108,8 +108,10 @@ static int idn_convert(const char *h, size_t n, char **out)
 
 static const char *const bad_idn = "has a host name that is not a valid internationalised domain name";
 
-/* The reason an internationalised name h[0..n) is refused, or NULL. */
-static const char *check_idn(const char *h, size_t n)
+/* The reason an internationalised name h[0..n) is refused, or NULL. With
+ * keep, its ASCII form is left in *keep (to free with idn2_free) when it is
+ * fine. */
+static const char *check_idn(const char *h, size_t n, char **keep)
 {
     char *a = NULL;
     const char *why = NULL, *p;
@@ -124,7 +126,8 @@ static const char *check_idn(const char *h, size_t n)
             break;
         }
     if (!*a) why = bad_idn;
-    idn2_free(a);
+    if (keep && !why) *keep = a;
+    else idn2_free(a);
     return why;
 }
 
@@ -154,10 +157,10 @@ static const char *check_code_host(const char *s, size_t h, size_t e)
     }
     if (!any_wide) return NULL;
     if (k > MAX_IDN_HOST) return "has a host name that is too long";
-    return check_idn(buf, k);
+    return check_idn(buf, k, NULL);
 }
 
-static const char *check_request_host(const char *s, size_t h, size_t e)
+static const char *check_request_host(const char *s, size_t h, size_t e, char **keep)
 {
     size_t i;
     int wide = 0;
@@ -167,10 +170,14 @@ static const char *check_request_host(const char *s, size_t h, size_t e)
         if (c >= 0x80) wide = 1;
         else if (!host_char_ok(c)) return "has an invalid character in its host";
     }
-    return wide ? check_idn(s + h, e - h) : NULL;
+    return wide ? check_idn(s + h, e - h, keep) : NULL;
 }
 
-static const char *check_common(const char *s, size_t n, int allow_macros, unsigned flags)
+/* The checks of both kinds of URL. With keep, an internationalised host's
+ * ASCII form is left in *keep (see check_idn), even when a later check
+ * refuses the URL. */
+static const char *check_common(const char *s, size_t n, int allow_macros, unsigned flags,
+                                char **keep)
 {
     size_t i;
     parts p;
@@ -196,7 +203,7 @@ static const char *check_common(const char *s, size_t n, int allow_macros, unsig
         if (inet_pton(AF_INET6, addr, bin) != 1) return "has a malformed IPv6 host";
     } else {
         const char *why = allow_macros ? check_code_host(s, p.host, p.host_end)
-                                       : check_request_host(s, p.host, p.host_end);
+                                       : check_request_host(s, p.host, p.host_end, keep);
         if (why) return why;
     }
     if (p.has_port) {
@@ -218,22 +225,22 @@ static const char *check_common(const char *s, size_t n, int allow_macros, unsig
 
 const char *pb_check_code_url_ex(const char *s, size_t n, unsigned flags)
 {
-    return check_common(s, n, 1, flags);
+    return check_common(s, n, 1, flags, NULL);
 }
 
 const char *pb_check_code_url(const char *s, size_t n)
 {
-    return check_common(s, n, 1, 0);
+    return check_common(s, n, 1, 0, NULL);
 }
 
 const char *pb_check_request_url_ex(const char *s, size_t n, unsigned flags)
 {
-    return check_common(s, n, 0, flags);
+    return check_common(s, n, 0, flags, NULL);
 }
 
 const char *pb_check_request_url(const char *s, size_t n)
 {
-    return check_common(s, n, 0, 0);
+    return check_common(s, n, 0, 0, NULL);
 }
 
 /* ---- the ASCII form ----------------------------------------------------- */
@@ -323,8 +330,9 @@ static int put_encoded(pb_buf *b, const char *s, size_t from, size_t to)
 int pb_url_to_ascii(const char *s, size_t n, unsigned flags, pb_buf *out, char *why,
                     size_t whylen)
 {
-    const char *bad = pb_check_request_url_ex(s, n, flags);
     char text[INET6_ADDRSTRLEN + 2], *idn = NULL;
+    /* the check converts an internationalised host: idn keeps that */
+    const char *bad = check_common(s, n, 0, flags, &idn);
     const char *host;
     size_t hlen, i, orig = out->len;
     unsigned long v4;
@@ -332,6 +340,7 @@ int pb_url_to_ascii(const char *s, size_t n, unsigned flags, pb_buf *out, char *
     parts p;
 
     if (bad) {
+        idn2_free(idn);
         set_why(why, whylen, "URL ", bad);
         return PB_EINVAL;
     }
@@ -356,15 +365,7 @@ int pb_url_to_ascii(const char *s, size_t n, unsigned flags, pb_buf *out, char *
             host = text;
         }
     } else {
-        for (i = 0; i < hlen; i++)
-            if ((unsigned char)host[i] >= 0x80) break;
-        if (i < hlen) {
-            rc = idn_convert(host, hlen, &idn);
-            if (rc == IDN2_MALLOC) return PB_ENOMEM;
-            if (rc != IDN2_OK) { /* refused by the check already; kept for safety */
-                set_why(why, whylen, "URL ", bad_idn);
-                return PB_EINVAL;
-            }
+        if (idn) {
             host = idn;
             hlen = strlen(idn);
         }
