@@ -399,6 +399,17 @@ static size_t on_header_lean(char *p, size_t size, size_t n, void *ud)
     return size * n;
 }
 
+/* A zeroed transfer with empty buffers and no easy handle, or NULL. */
+static xfer *new_xfer(void)
+{
+    xfer *x = calloc(1, sizeof *x);
+    if (!x) return NULL;
+    pb_buf_init(&x->body, NULL);
+    pb_buf_init(&x->head, NULL);
+    pb_buf_init(&x->url, NULL);
+    return x;
+}
+
 static xfer *take_xfer(pb_engine *e)
 {
     xfer *x = e->free_list;
@@ -406,11 +417,8 @@ static xfer *take_xfer(pb_engine *e)
         list_remove(&e->free_list, x);
         e->nfree--;
     } else {
-        x = calloc(1, sizeof *x);
+        x = new_xfer();
         if (!x) return NULL;
-        pb_buf_init(&x->body, NULL);
-        pb_buf_init(&x->head, NULL);
-        pb_buf_init(&x->url, NULL);
         x->easy = curl_easy_init();
         if (!x->easy) {
             free(x);
@@ -924,11 +932,8 @@ static void start_queued(pb_engine *e)
         if (rc != PB_OK) {
             /* No handle could be had: the transfer ends at once, failed (or,
              * when even that cannot be recorded, it waits for the next try). */
-            xfer *x = calloc(1, sizeof *x);
+            xfer *x = new_xfer();
             if (!x) break;
-            pb_buf_init(&x->body, NULL);
-            pb_buf_init(&x->head, NULL);
-            pb_buf_init(&x->url, NULL);
             x->tag = p->tag;
             x->user = p->user;
             x->fail = PB_FAIL_TRANSPORT;
