@@ -215,13 +215,11 @@ int pb_spool_file_append(int fd, const char *payload, size_t len)
     return rc;
 }
 
+static int sys_fsync(void *ud, int fd, int full);
+
 int pb_spool_file_sync(int fd)
 {
-#if defined(__APPLE__)
-    return fsync(fd);
-#else
-    return fdatasync(fd);
-#endif
+    return sys_fsync(NULL, fd, 0);
 }
 
 void pb_spool_file_close(int fd)
