@@ -93,7 +93,9 @@ size_t pb_json_string_len(const char *s, size_t n)
     return len;
 }
 
-size_t pb_json_string_into(char *dst, const char *s, size_t n)
+/* Writes the quoted, escaped form of s into dst (pb_json_string_len bytes,
+ * no NUL); returns the bytes written. */
+static size_t json_string_into(char *dst, const char *s, size_t n)
 {
     char *p = dst;
     size_t i = 0;
@@ -132,7 +134,7 @@ int pb_json_string(pb_buf *b, const char *s, size_t n)
     int rc;
     if (need == (size_t)-1) return PB_ENOMEM;
     if ((rc = pb_buf_reserve(b, need)) != PB_OK) return rc;
-    b->len += pb_json_string_into(b->data + b->len, s, n);
+    b->len += json_string_into(b->data + b->len, s, n);
     b->data[b->len] = '\0';
     return PB_OK;
 }

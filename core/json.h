@@ -40,9 +40,6 @@ int pb_json_double(pb_buf *b, double d);
 
 /* Length of the quoted, escaped form of s (the quotes included). */
 size_t pb_json_string_len(const char *s, size_t n);
-/* Writes that form into dst (pb_json_string_len bytes, no NUL); returns the
- * bytes written. */
-size_t pb_json_string_into(char *dst, const char *s, size_t n);
 /* Appends it: PB_OK, PB_ENOMEM or PB_ELIMIT (buffer unchanged then). */
 int pb_json_string(pb_buf *b, const char *s, size_t n);
 
