@@ -45,6 +45,7 @@
 
 #include "alloc.h"
 #include "buf.h"
+#include "validate.h"
 
 uint32_t pb_crc32(const void *data, size_t len);
 
@@ -146,7 +147,7 @@ typedef struct pb_spool_opts {
 
 #define PB_SPOOL_COMPACT_AFTER 1000
 #define PB_SPOOL_MAX_RECORD (1024 * 1024)
-#define PB_SPOOL_MAX_ID 9007199254740991LL /* 2^53 - 1: exact in a double */
+#define PB_SPOOL_MAX_ID PB_MAX_ID /* 2^53 - 1: exact in a double */
 
 /* Opens (creating, mode 0600) the spool at path: takes the lock, reads the
  * file, moves damaged lines out, compacts when the file holds more than the
