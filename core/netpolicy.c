@@ -312,8 +312,8 @@ static int allowed_by(const pb_netpolicy *p, const unsigned char *a16)
     return 0;
 }
 
-/* The verdict for an address in its 16-byte form; v4 = it came as an IPv4
- * address (not as IPv4-mapped IPv6); shown = how to name it. */
+/* The verdict for an address in its 16-byte form; v4only = it came as an
+ * IPv4 address (not as IPv4-mapped IPv6); shown = how to name it. */
 static int check16(const pb_netpolicy *p, const unsigned char *a16, int v4only, const char *shown,
                    char *why, size_t whylen)
 {

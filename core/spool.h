@@ -31,8 +31,10 @@
  *     done records take at least as many bytes as the owed ones, so the file
  *     stays within about twice what is owed, and at open when the file holds
  *     anything else than owed records.
- * Memory is one small entry per owed record (payloads stay on disk) plus
- * one line buffer; an open reads the file once, in bounded chunks.
+ * Memory is one small entry per owed record (payloads stay on disk), a
+ * read buffer of about a line, a write buffer of a line (up to 64 KiB more
+ * while compacting) and a ring of PB_SPOOL_MAX_EVENTS events; an open
+ * reads the file once, in bounded chunks.
  *
  * No global state: everything hangs off the pb_spool. Not thread-safe: one
  * spool, one thread at a time. */
