@@ -229,8 +229,10 @@ function Client:build(method, path, query, body)
   }
 end
 
-local function snippet(body)
-  body = body or ""
+-- The start of a body for an error message, scrubbed of the secrets first:
+-- a cut must not leave part of one behind.
+local function snippet(body, keys)
+  body = util.scrub(body or "", keys)
   body = body:gsub("[%c]", " ")
   if #body > 200 then body = body:sub(1, 200) .. "..." end
   return body
@@ -256,12 +258,12 @@ function Client:interpret(req, resp, err)
   if type(doc) ~= "table" or (doc.code == nil and ok_status) then
     if ok_status then
       return nil, errors.new("decode", {
-        message = util.scrub("the answer is not a JSON envelope: " .. (derr or snippet(body)), keys),
+        message = util.scrub("the answer is not a JSON envelope: " .. (derr or snippet(body, keys)), keys),
         status = status, method = method, url = url, retryable = false,
       })
     end
     return nil, errors.new("http", {
-      message = util.scrub(("HTTP %d: %s"):format(status, snippet(body)), keys),
+      message = util.scrub(("HTTP %d: %s"):format(status, snippet(body, keys)), keys),
       status = status, method = method, url = url, retryable = retryable, retry_after = retry_after,
     })
   end

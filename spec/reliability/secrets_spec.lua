@@ -54,18 +54,27 @@ local function strings(v, where, out, seen)
   return out
 end
 
--- What must never be seen: the key, its Basic form, and any piece of them
--- long enough to matter (a message cut short must not keep half a key).
--- The first 12 characters of the Basic form encode the network alone.
-local SECRETS = { { KEY, "the API key" }, { BASIC, "the Basic credentials" } }
-for i = 1, #KEY - 11 do SECRETS[#SECRETS + 1] = { KEY:sub(i, i + 11), "a piece of the API key" } end
-for i = 13, #BASIC - 15 do SECRETS[#SECRETS + 1] = { BASIC:sub(i, i + 15), "a piece of the Basic credentials" } end
+-- What must never be seen with a given network name: the key, its Basic
+-- form, and any piece of them long enough to matter (a message cut short
+-- must not keep half a key). The Basic form's first characters that encode
+-- the network alone (and the colon after it) are no secret.
+local function secrets_of(network)
+  local basic = base64(network .. ":" .. KEY)
+  local list = { { KEY, "the API key" }, { basic, "the Basic credentials" } }
+  for i = 1, #KEY - 11 do list[#list + 1] = { KEY:sub(i, i + 11), "a piece of the API key" } end
+  for i = math.floor((#network + 1) / 3) * 4 + 1, #basic - 15 do
+    list[#list + 1] = { basic:sub(i, i + 15), "a piece of the Basic credentials" }
+  end
+  return list
+end
+local SECRETS = secrets_of(NETWORK)
+assert(#SECRETS > 2 and SECRETS[2][1] == BASIC)
 
--- Asserts that no secret is in any string of v.
-local function assert_clean(v, where)
+-- Asserts that no secret (of NETWORK, or of the list given) is in any string of v.
+local function assert_clean(v, where, secrets)
   for _, s in ipairs(strings(v, where)) do
     local at, text = s[1], s[2]
-    for _, secret in ipairs(SECRETS) do
+    for _, secret in ipairs(secrets or SECRETS) do
       local i = text:find(secret[1], 1, true)
       if i then
         error(("%s leaks into %s: ...%s..."):format(secret[2], at, text:sub(math.max(1, i - 60), i + 60)), 2)
@@ -182,6 +191,24 @@ describe("reliability: the API key never leaves, even when the server echoes it"
         assert.is_true(#text > 0, "no journal was written")
         assert_clean(text, "the journal file")
         assert_clean(infos, "on_request info")
+      end)
+
+      it("an error text cut short keeps no piece of the key, whatever the network name's length", function()
+        -- The echo holds the Basic form, then network:key; with names of 30
+        -- to 60 characters the cut of a long text falls across each of them.
+        for k = 30, 60 do
+          local network = ("n"):rep(k)
+          local ck = assert(postback.client { network = network, api_key = KEY, timeout = 5, retries = 0,
+                                              base_url = server.url .. "/" .. mode })
+          local v, err = ck:get(1)
+          ck:close()
+          assert.is_nil(v)
+          assert.is_table(err)
+          local secrets = secrets_of(network)
+          assert_clean(err.message, "err.message (network of " .. k .. ")", secrets)
+          assert_clean(tostring(err), "tostring(err) (network of " .. k .. ")", secrets)
+          assert_clean(err, "err (network of " .. k .. ")", secrets)
+        end
       end)
 
       it("migrate from a query: the error does not hold the key", function()
