@@ -177,6 +177,26 @@ describe("the ngx transport inside nginx", function()
     assert.equal("resolve", reason)
   end)
 
+  it("sends a URL's user info as Basic credentials with allow_userinfo, as libcurl does; refuses it without", function()
+    local function with_userinfo(userinfo, path)
+      return (bad.url:gsub("://", function() return "://" .. userinfo .. "@" end)) .. path
+    end
+    for i, case in ipairs { { "u:p", "dTpw" }, { "u%40x:p%3Aq", "dUB4OnA6cQ==" }, { "u", "dTo=" } } do
+      local ok, body, url, text = n:run(([[
+        local r, err = require("postback").fire(%q, nil, { retries = 0, allow_private = true, allow_userinfo = true })
+        return r and r.ok, r and r.body, r and r.url, err and tostring(err)
+      ]]):format(with_userinfo(case[1], "/echo-auth-ok/u" .. i)))
+      assert.is_true(ok, text)
+      assert.truthy(body:find("Authorization: Basic " .. case[2] .. " ", 1, true), body)
+      assert.equal(bad.url .. "/echo-auth-ok/u" .. i, url) -- the result's URL without the credentials
+    end
+    local ok, kind, code = fire(with_userinfo("u:p", "/echo-auth-ok/refused"), "{ retries = 0, allow_private = true }")
+    assert.is_false(ok)
+    assert.equal("validation", kind)
+    assert.equal("invalid_url", code)
+    assert.is_nil(bad:counts()["/echo-auth-ok/refused"])
+  end)
+
   it("does not check the API client's own base_url", function()
     local status, kind = n:run(([[
       local c = assert(require("postback").client { network = "n", api_key = "k", base_url = %q, retries = 0 })

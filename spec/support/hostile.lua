@@ -23,6 +23,8 @@
 --                          whose message echoes the Authorization header, the
 --                          credentials it carries, and the request line
 --   /echo-auth-text...     500 text/plain echoing the same
+--   /echo-auth-ok...       200 text/plain echoing the same (a receiver that
+--                          shows which credentials a postback carried)
 --   /flaky/N/...           the first N requests to that exact path get 503,
 --                          the later ones 204
 --   /list/VARIANT/...      an Offerslook list answer with hostile paging:
@@ -323,6 +325,8 @@ function Server:answer(c, req)
     return c:send(response(400, body, "application/json"))
   elseif mode == "echo-auth-text" then
     return c:send(response(500, echo_text(req) .. "\n", "text/plain"))
+  elseif mode == "echo-auth-ok" then
+    return c:send(response(200, echo_text(req) .. "\n", "text/plain"))
   elseif mode == "flaky" then
     local n = tonumber(req.path:match("^/flaky/(%d+)")) or 1
     if self.counts[req.path] <= n then return c:send(response(503, "try again\n", "text/plain")) end

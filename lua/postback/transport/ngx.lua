@@ -55,12 +55,17 @@ local function parse_url(url)
   local authority, path = rest:match("^([^/?#]*)(.*)$")
   path = path:gsub("#.*$", "")
   if path == "" or path:sub(1, 1) == "?" then path = "/" .. path end
-  local hostport = authority:match("@([^@]*)$") or authority
+  local userinfo, hostport = authority:match("^(.*)@([^@]*)$")
+  hostport = hostport or authority
   local host, port = hostport:match("^%[([^%]]+)%]:?(%d*)$")
   if not host then host, port = hostport:match("^([^:]+):?(%d*)$") end
   if not host then return nil end
   port = tonumber(port) or (scheme == "https" and 443 or 80)
-  return scheme, host:lower(), port, path, hostport
+  return scheme, host:lower(), port, path, hostport, userinfo
+end
+
+local function unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
 local function fail(kind, message, sent, reason)
@@ -204,7 +209,9 @@ end
 -- it leaves in nginx's pools at most: past that it closes them after use;
 -- default the concurrency), idle_timeout (seconds, default 15), nameservers (default: those of
 -- /etc/resolv.conf), and for postbacks destinations = true with
--- allow_private and allow_networks (the destination policy). Its light
+-- allow_private and allow_networks (the destination policy), and
+-- allow_userinfo (a URL's user:password@ is sent as Basic credentials, as
+-- libcurl sends it; refused without). Its light
 -- threads hold at most `concurrency` connections, and it leaves at most
 -- max_idle idle: a worker's dispatcher never has more than the sum open.
 function M.new(opts)
@@ -224,7 +231,7 @@ function M.new(opts)
     max_idle = opts.max_idle or threads_max,
     idle_s = opts.idle_timeout or IDLE_S,
     nameservers = opts.nameservers and nameserver_list(opts.nameservers),
-    policy = policy,
+    policy = policy, allow_userinfo = opts.allow_userinfo,
     profile = profile, threads_max = threads_max,
     queue = {}, qhead = 1, qtail = 0, done = {}, threads = {}, nidle = 0,
   }, M)
@@ -442,11 +449,11 @@ function M:request(req)
   if #url > max_url then
     return fail("validation", ("request refused before sending: URL longer than max_url (%d bytes)"):format(max_url), false)
   end
-  local ok, why = core.check_url(url)
+  local ok, why = core.check_url(url, self.allow_userinfo)
   if not ok then return fail("validation", "request refused before sending: URL " .. why, false) end
   local bad_headers = util.check_headers(req.headers)
   if bad_headers then return nil, bad_headers end
-  local scheme, host, port, path, hostport = parse_url(url)
+  local scheme, host, port, path, hostport, userinfo = parse_url(url)
   if not scheme then return fail("validation", "request refused before sending: bad URL", false) end
 
   local lines = { ("%s %s HTTP/1.1"):format(method, path), "Host: " .. hostport }
@@ -460,8 +467,15 @@ function M:request(req)
     has[name:lower()] = true
     lines[#lines + 1] = name .. ": " .. value
   end
+  local cred
   if req.username then
-    local cred = req.username .. ":" .. (req.password or "")
+    cred = req.username .. ":" .. (req.password or "")
+  elseif userinfo then
+    -- as libcurl reads it: percent-decoded, "user" alone is "user:"
+    local user, password = userinfo:match("^([^:]*):?(.*)$")
+    cred = unescape(user) .. ":" .. unescape(password)
+  end
+  if cred then
     if cred:find("[\r\n%z]") then return fail("validation", "credentials contain CR, LF or NUL", false) end
     lines[#lines + 1] = "Authorization: Basic " .. ngx.encode_base64(cred)
   end
