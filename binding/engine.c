@@ -31,6 +31,8 @@ enum { K_OK = 1, K_STATUS, K_BODY, K_ATTEMPTS, K_TIME, K_URL, K_ID,
        K_TAG, K_FAST, K_RAW_HEADERS, K_SECONDS, K_SENT, K_FAIL, K_MESSAGE, K_COUNT = K_MESSAGE };
 
 #define PB_FIRE_FAST 1 /* pb_req.user of transfers started by fire/feed */
+#define PB_FIRE_JUDGED 2 /* the same, for a URL with user info: its outcome
+                          * always goes to Lua, whose result hides the user info */
 
 static lengine *check_engine(lua_State *L, int i)
 {
@@ -320,8 +322,8 @@ static int l_engine_add(lua_State *L)
     return push_started(L, rc, why);
 }
 
-/* 1 when the authority of url holds user info (user:pw@): such URLs are not
- * fired on the fast path, whose results show the URL as it was sent. Only an
+/* 1 when the authority of url holds user info (user:pw@): no result of such
+ * a URL is made in C, where results show the URL as it was sent. Only an
  * engine with allow_userinfo needs to ask: the others refuse them. */
 static int url_has_userinfo(const char *url, size_t len)
 {
@@ -342,8 +344,8 @@ static int l_engine_get(lua_State *L)
     size_t len;
     const char *url = pb_checkstring(L, 2, &len);
     unsigned long long tag = check_tag(L, 3);
-    int plain = lua_toboolean(L, 4) && !(le->userinfo && url_has_userinfo(url, len));
-    int user = plain ? PB_FIRE_FAST : 0;
+    int user = !lua_toboolean(L, 4) ? 0
+               : le->userinfo && url_has_userinfo(url, len) ? PB_FIRE_JUDGED : PB_FIRE_FAST;
     char why[160];
     if (strlen(url) != len) {
         lua_pushnil(L);
@@ -413,8 +415,8 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
         strcpy(why, "URL contains CR, LF or NUL");
     } else {
         rc = pb_engine_get(le->e, url, len, tag,
-                           le->userinfo && url_has_userinfo(url, len) ? 0 : PB_FIRE_FAST, why,
-                           sizeof why);
+                           le->userinfo && url_has_userinfo(url, len) ? PB_FIRE_JUDGED : PB_FIRE_FAST,
+                           why, sizeof why);
     }
     if (sc) scratch_release(sc);
     lua_settop(L, top);
@@ -585,7 +587,7 @@ static void push_outcome(lua_State *L, int kb, const pb_result *r)
     lua_createtable(L, 0, 10);
     lua_pushinteger(L, (lua_Integer)r->tag);
     SETK(L, kb, K_TAG);
-    lua_pushboolean(L, r->user == PB_FIRE_FAST);
+    lua_pushboolean(L, r->user != 0);
     SETK(L, kb, K_FAST);
     lua_pushinteger(L, (lua_Integer)r->status);
     SETK(L, kb, K_STATUS);

@@ -426,4 +426,44 @@ describe("firing", function()
       assert.is_true(dupes <= 8, "duplicates: " .. dupes)
     end)
   end)
+
+  describe("user info", function()
+    -- code with u:p@ before the host: sent as "Authorization: Basic dTpw"
+    local function with_userinfo(url) return (url:gsub("://", "://u:p@", 1)) end
+
+    local function assert_sent_with_credentials(n)
+      local got = received()
+      assert.equal(n, #got)
+      for _, g in ipairs(got) do assert.equal("Basic dTpw", g.headers.authorization) end
+    end
+
+    it("fire_many sends it with allow_userinfo, on the fast path and with headers, each result without it", function()
+      local c = with_userinfo(code)
+      local items = { { url = c, values = { click_id = 1 } }, { url = c, values = { click_id = 2 } },
+                      { url = c, values = { click_id = 3 }, headers = { ["X-Test"] = "1" } } }
+      local results = postback.fire_many(items, { allow_private = true, allow_userinfo = true, retries = 0 })
+      for i = 1, 3 do
+        assert.is_true(results[i].ok, tostring(results[i].error))
+        assert.is_nil(results[i].url:find("u:p@", 1, true))
+      end
+      assert_sent_with_credentials(3)
+    end)
+
+    it("the dispatcher's fast path sends it with allow_userinfo and reports its result", function()
+      local results = {}
+      local d = postback.dispatcher { allow_private = true, allow_userinfo = true, retries = 0,
+                                      on_result = function(r) results[#results + 1] = r end }
+      assert(d:fire(with_userinfo(code), { click_id = "fast" }))
+      assert(d:fire(postback.template(with_userinfo(code)), { click_id = "template" }))
+      assert.is_true(d:wait(5))
+      d:close()
+      assert.equal(2, #results)
+      for _, r in ipairs(results) do
+        assert.is_true(r.ok, tostring(r.error))
+        assert.is_nil(r.url:find("u:p@", 1, true))
+      end
+      assert.equal(2, d.delivered)
+      assert_sent_with_credentials(2)
+    end)
+  end)
 end)
