@@ -465,5 +465,47 @@ describe("firing", function()
       assert.equal(2, d.delivered)
       assert_sent_with_credentials(2)
     end)
+
+    it("the dispatcher sends it with allow_userinfo whatever the path: headers, delay, spool", function()
+      local spool = os.tmpname()
+      os.remove(spool)
+      for _, with_spool in ipairs { false, true } do
+        mock:reset()
+        local results = {}
+        local d = assert(postback.dispatcher { allow_private = true, allow_userinfo = true, retries = 0,
+          spool = with_spool and spool or nil, on_result = function(r) results[#results + 1] = r end })
+        local c = with_userinfo(code)
+        for _, opts in ipairs { {}, { headers = { ["X-Test"] = "1" } }, { delay = 0.01 }, { missing = "keep" } } do
+          local id, err = d:fire(c, { click_id = "d" }, opts)
+          assert.is_number(id, tostring(err))
+        end
+        assert.is_true(d:wait(5))
+        d:close()
+        assert.equal(4, #results)
+        for _, r in ipairs(results) do
+          assert.is_true(r.ok, tostring(r.error))
+          assert.is_nil(r.url:find("u:p@", 1, true))
+        end
+        assert_sent_with_credentials(4)
+      end
+      for _, suffix in ipairs { "", ".tmp", ".lock", ".corrupt" } do os.remove(spool .. suffix) end
+    end)
+
+    it("is refused without allow_userinfo, nothing sent: fire, fire_many, the dispatcher", function()
+      local c = with_userinfo(code)
+      local r, err = postback.fire(c, { click_id = 1 }, { allow_private = true })
+      assert.is_nil(r)
+      assert.equal("invalid_url", err.code)
+      local results = postback.fire_many({ c, { url = c, headers = { ["X-Test"] = "1" } } }, { allow_private = true })
+      for i = 1, 2 do assert.equal("invalid_url", results[i].error.code) end
+      local d = postback.dispatcher { allow_private = true }
+      for _, opts in ipairs { {}, { headers = { ["X-Test"] = "1" } }, { delay = 0.01 } } do
+        local id, derr = d:fire(c, { click_id = "d" }, opts)
+        assert.is_nil(id)
+        assert.equal("invalid_url", derr.code)
+      end
+      d:close()
+      assert.equal(0, #received())
+    end)
   end)
 end)

@@ -148,6 +148,42 @@ describe("postback.dispatcher inside nginx", function()
     assert.equal(0, #received(recv, "/blocked"))
   end)
 
+  it("sends a URL's user info with allow_userinfo, spool or not, on every path; refuses it without", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local url = (bad.url:gsub("://", "://u:p@", 1)) .. "/echo-auth-ok/d"
+    local results, id, code = n:run(([[
+      local postback = require "postback"
+      local out = {}
+      for _, spool in ipairs { false, %q } do
+        local got = {}
+        local d = assert(postback.dispatcher { concurrency = 2, allow_private = true, allow_userinfo = true,
+          retries = 0, spool = spool or nil, on_result = function(r) got[#got + 1] = r end })
+        for _, opts in ipairs { {}, { headers = { ["X-Test"] = "1" } }, { delay = 0.01 } } do
+          assert(d:fire(%q, nil, opts))
+        end
+        assert(d:wait(5))
+        d:close()
+        for _, r in ipairs(got) do
+          out[#out + 1] = { ok = r.ok, body = r.body, url = r.url, error = r.error and tostring(r.error) }
+        end
+      end
+      local id, err = D:fire(%q) -- D: no allow_userinfo
+      return out, id, err and err.code
+    ]]):format(dir, url, (url:gsub("/d$", "/refused"))))
+    sh("rm -rf " .. dir)
+    assert.equal(6, #results)
+    for _, r in ipairs(results) do
+      assert.is_true(r.ok, r.error)
+      assert.truthy(r.body:find("Authorization: Basic dTpw ", 1, true), r.body)
+      assert.equal(bad.url .. "/echo-auth-ok/d", r.url)
+    end
+    assert.equal(6, bad:count("/echo-auth-ok/d"))
+    assert.is_nil(id)
+    assert.equal("invalid_url", code)
+    assert.equal(0, bad:count("/echo-auth-ok/refused"))
+  end)
+
   -- client-side connections to a loopback port, from /proc/net/tcp
   local function connections(port)
     local count = 0

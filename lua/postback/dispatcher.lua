@@ -146,11 +146,6 @@ function Dispatcher:fire(target, values, opts)
     return nil, errors.new("transport", { code = "queue_full", retryable = true,
       message = ("the dispatcher's queue is full (max_queue = %d)"):format(o.max_queue) })
   end
-  local render = o.render
-  if opts and (opts.encode or opts.missing) then
-    local base = o.render or {}
-    render = { encode = opts.encode or base.encode or "url", missing = opts.missing or base.missing or "empty" }
-  end
   local headers = opts and opts.headers
   local delay = opts and opts.delay or o.delay
   local ex = self.ex
@@ -159,16 +154,14 @@ function Dispatcher:fire(target, values, opts)
   if fast and not self.spool and (type(target) == "string" or getmetatable(target) == core.template_mt) then
     -- rendered and queued in C
     local id = self.next_id + 1
-    local ok, err = self.transport:fire(target, values, id, render)
+    local ok, err = self.transport:fire(target, values, id, fire.dispatch_render(o, opts))
     if not ok then return nil, err end
     self.next_id = id
     ex:fast_started(1)
     return id
   end
 
-  local herr = util.check_headers(headers)
-  if herr then return nil, herr end
-  local url, err = fire.render_target(target, values, { render = render, max_url = o.max_url })
+  local url, err = fire.dispatch_url(o, target, values, opts)
   if not url then return nil, err end
   local id
   if self.spool then

@@ -392,6 +392,23 @@ function M.check_dispatch(target, values, opts)
   end
 end
 
+--- The render options of one d:fire: its encode and missing over the
+-- dispatcher's.
+function M.dispatch_render(o, opts)
+  if not (opts and (opts.encode or opts.missing)) then return o.render end
+  local base = o.render or {}
+  return { encode = opts.encode or base.encode or "url", missing = opts.missing or base.missing or "empty" }
+end
+
+--- The URL one d:fire sends, its headers checked, rendered and checked
+-- with the dispatcher's options o: url, or nil, err.
+function M.dispatch_url(o, target, values, opts)
+  local herr = util.check_headers(opts and opts.headers)
+  if herr then return nil, herr end
+  return M.render_target(target, values, { render = M.dispatch_render(o, opts), max_url = o.max_url,
+                                           allow_userinfo = o.allow_userinfo })
+end
+
 --- The executor's on_attempt for a dispatcher's on_attempt(info) option.
 function M.attempt_reporter(o)
   local on_attempt = o.on_attempt

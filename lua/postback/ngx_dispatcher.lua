@@ -379,16 +379,8 @@ function Dispatcher:fire(target, values, opts)
     self.refused = self.refused + 1
     return full(("the dispatcher's queue is full (max_queue = %d)"):format(o.max_queue), "queue_full")
   end
-  local render = o.render
-  if opts and (opts.encode or opts.missing) then
-    local base = o.render or {}
-    render = { encode = opts.encode or base.encode or "url", missing = opts.missing or base.missing or "empty" }
-  end
   local headers = opts and opts.headers
-  local herr = util.check_headers(headers)
-  if herr then return nil, herr end
-  local url, err = fire.render_target(target, values, { render = render, max_url = o.max_url,
-                                                        allow_userinfo = o.allow_userinfo })
+  local url, err = fire.dispatch_url(o, target, values, opts)
   if not url then return nil, err end
   local id
   if self.spool then
