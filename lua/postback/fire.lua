@@ -325,8 +325,10 @@ function M.fire_many(items, opts)
     sink = { plain = o.plain, results = results, on_result = on_result },
   }
 
+  -- An item refused before sending: delivered protected, as every outcome.
   local function fail_item(i, err)
-    deliver({ index = i, attempts = 0 }, nil, err)
+    local job = { index = i, attempts = 0 }
+    ex:call("deliver", deliver, job, job, nil, err)
   end
 
   -- An item the fast path does not take: rendered here.

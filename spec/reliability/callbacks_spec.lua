@@ -121,6 +121,34 @@ describe("reliability: a callback that raises loses nothing", function()
     assert.equal(12, v.calls, "on_result was not called for every item")
   end)
 
+  it("fire_many: on_result raising for items refused before sending (bad headers or URL) loses none", function()
+    -- on the fast path, and with per_host (every item then a job)
+    for _, per_host in ipairs { "nil", "2" } do
+      server:reset()
+      local v = run(([[
+        local calls = 0
+        local items = {}
+        for i = 1, 4 do
+          items[#items + 1] = base .. "/ok/refused-" .. i
+          items[#items + 1] = { url = base .. "/ok/bad-header-" .. i, headers = { ["Bad Name"] = "x" } }
+          items[#items + 1] = "ftp://x/" .. i
+        end
+        local ok, err = pcall(postback.fire_many, items, { allow_private = true, concurrency = 2, retries = 0,
+          timeout = 5, per_host = %s,
+          on_result = function(r, i)
+            calls = calls + 1
+            error("on_result fails for item " .. i)
+          end })
+        return { ok = ok, err = not ok and tostring(err) or nil, calls = calls }
+      ]]):format(per_host))
+      for i = 1, 4 do
+        assert.equal(1, server:count("/ok/refused-" .. i), "item " .. i .. " was not sent (per_host " .. per_host .. ")")
+        assert.equal(0, server:count("/ok/bad-header-" .. i))
+      end
+      assert.equal(12, v.calls, "on_result was not called for every item (per_host " .. per_host .. ")")
+    end
+  end)
+
   it("c:batch: on_progress raising does not stop the other operations", function()
     mock:reset()
     local v = run([[
