@@ -46,7 +46,7 @@ M.OPTIONS = {
   timeout = num(nil, 1e6, 0), connect_timeout = num(nil, 1e6, 0),
   retries = { kind = "number", integer = true, min = 0, max = 100 },
   backoff_base = num(0, 1e6), backoff_max = num(0, 1e7), max_retry_time = num(0, 1e8),
-  retry_schedule = { kind = "table" },
+  retry_schedule = { kind = retry.check_schedule },
   retry_post = { kind = "boolean" }, check_protocol = { kind = "boolean" },
   protocol_ttl = num(0, 1e9), rate_limit = num(nil, 1e6, 0),
   headers = { kind = "table" }, verify_tls = { kind = "boolean" }, ca_file = { kind = "string", no_crlf = true },

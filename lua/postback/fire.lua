@@ -45,15 +45,6 @@ local function ok_status_check(name, v)
   return ("option %s must be a number, a list of numbers or a function"):format(name)
 end
 
-local function schedule_check(name, v)
-  if type(v) ~= "table" or #v == 0 then return ("option %s must be a list of seconds"):format(name) end
-  for _, s in ipairs(v) do
-    if type(s) ~= "number" or s ~= s or s < 0 or s > 1e7 then
-      return ("option %s must list non-negative seconds"):format(name)
-    end
-  end
-end
-
 local function networks_check(name, v)
   if type(v) ~= "table" then return ("option %s must be a list of CIDRs"):format(name) end
   for _, c in ipairs(v) do
@@ -90,7 +81,7 @@ M.OPTIONS = {
   backoff_base = { kind = "number", min = 0, max = 1e6 },
   backoff_max = { kind = "number", min = 0, max = 1e7 },
   max_retry_time = { kind = "number", min = 0, max = 1e8 },
-  retry_schedule = { kind = schedule_check },
+  retry_schedule = { kind = retry.check_schedule },
   concurrency = int(1, 100000),
   per_host = int(1, 1e6),
   per_host_rate = positive(1e6),

@@ -95,4 +95,16 @@ function M.delay(policy, attempt, retry_after)
   return wait
 end
 
+--- The check of a retry_schedule option (see postback.util.check_options):
+-- nil, or what is wrong with it. A schedule lists at least one wait, each
+-- from 0 to 1e7 seconds.
+function M.check_schedule(name, v)
+  if type(v) ~= "table" or #v == 0 then return ("option %s must be a list of seconds"):format(name) end
+  for _, s in ipairs(v) do
+    if type(s) ~= "number" or s ~= s or s < 0 or s > 1e7 then
+      return ("option %s must list non-negative seconds"):format(name)
+    end
+  end
+end
+
 return M

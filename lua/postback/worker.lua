@@ -102,10 +102,8 @@ function M.new(opts)
   local policy = { retries = positive(opts, "retries", true), backoff_base = positive(opts, "backoff_base"),
                    backoff_max = positive(opts, "backoff_max"), retry_after_max = opts.retry_after_max }
   if opts.retry_schedule ~= nil then
-    if type(opts.retry_schedule) ~= "table" then argerror("option retry_schedule must be a list of seconds") end
-    for _, s in ipairs(opts.retry_schedule) do
-      if type(s) ~= "number" or s < 0 then argerror("option retry_schedule must be a list of seconds") end
-    end
+    local problem = retry.check_schedule("retry_schedule", opts.retry_schedule)
+    if problem then argerror(problem) end
     policy.retry_schedule = opts.retry_schedule
   end
   local claim_idle = opts.claim_idle

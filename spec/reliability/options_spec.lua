@@ -90,6 +90,19 @@ raise("bad argument #1 to 'dispatcher'", "delay", "return dispatcher { delay = 0
 nil_err("retries", "return client { retries = 1.5 }")
 nil_err("max_response", "return client { max_response = 1000.5 }")
 
+-- retry schedules: the same check in the client and the worker as in fire
+-- (a NaN wait made a call that failed wait forever, a string made it raise)
+for _, sched in ipairs { "{ 0/0 }", "{ 'x' }", "{ -5 }", "{}", "{ 1e300 }", "5" } do
+  raise("bad argument #3 to 'fire'", "retry_schedule",
+    ("return postback.fire(OK, nil, { retry_schedule = %s })"):format(sched))
+  nil_err("retry_schedule", ([[
+  local c, e = client { retry_schedule = %s }
+  if c then c:get(1) end
+  return c, e]]):format(sched))
+  raise("bad argument #1 to 'worker'", "retry_schedule",
+    ("return postback.worker { redis = 'redis://127.0.0.1:1/0', retry_schedule = %s }"):format(sched))
+end
+
 -- made-up and misspelt names
 raise("bad argument #3 to 'fire'", "timout", "return postback.fire(OK, nil, { timout = 1 })", "timeout")
 raise("bad argument #3 to 'fire'", "frobnicate", "return postback.fire(OK, nil, { frobnicate = true })")
