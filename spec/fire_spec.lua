@@ -87,6 +87,25 @@ describe("firing", function()
       assert.equal("demo", received()[1].headers["x-network"])
     end)
 
+    it("refuses a header name with a colon in it, nothing sent; a \"Name: value\" line is fine", function()
+      local bad = { ["X-A:b"] = "v" }
+      local r, err = postback.fire(code, { click_id = "c" }, { allow_private = true, headers = bad })
+      assert.is_nil(r)
+      assert.equal("validation", err.kind)
+      assert.equal("headers", err.field)
+      local results = postback.fire_many({ { url = code, values = { click_id = "c" }, headers = bad } },
+                                         { allow_private = true })
+      assert.equal("validation", results[1].error.kind)
+      local d = postback.dispatcher { allow_private = true }
+      local id, derr = d:fire(code, { click_id = "c" }, { headers = bad })
+      d:close()
+      assert.is_nil(id)
+      assert.equal("validation", derr.kind)
+      assert.equal(0, #received())
+      assert(postback.fire(code, { click_id = "c" }, { allow_private = true, headers = { "X-A: b:c" } }))
+      assert.equal("b:c", received()[1].headers["x-a"])
+    end)
+
     it("retries 5xx and counts attempts at the receiver", function()
       mock:fault { fault = "status", status = 503, times = 2, match = "/postback" }
       local r = assert(postback.fire(code, { click_id = "r" }, { allow_private = true, retries = 3, backoff_base = 0.01 }))

@@ -139,8 +139,9 @@ M.MAX_HEADER_LINE = 8192
 M.MAX_HEADERS_TOTAL = 65536
 
 --- nil when headers (a map {Name = value} or an array of "Name: value"
--- lines) can be sent: token names, values without CR, LF or NUL, each line
--- at most 8 KiB and all of them at most 64 KiB; else a validation error.
+-- lines) can be sent: token names (a map's key is the whole name), values
+-- without CR, LF or NUL, each line at most 8 KiB and all of them at most
+-- 64 KiB; else a validation error.
 function M.check_headers(headers)
   if headers == nil then return nil end
   if type(headers) ~= "table" then
@@ -149,13 +150,13 @@ function M.check_headers(headers)
   end
   local total = 0
   for name, value in pairs(headers) do
-    local line
+    local n, line
     if type(name) == "number" then
       line = type(value) == "string" and value or nil
+      n = line and line:match("^([^:]*):")
     elseif type(name) == "string" and (type(value) == "string" or type(value) == "number") then
-      line = name .. ": " .. tostring(value)
+      n, line = name, name .. ": " .. tostring(value)
     end
-    local n = line and line:match("^([^:]*):")
     local bad
     if not n or n == "" or n:find("[%c%s\"(),/:;<=>?@%[\\%]{}\128-\255]") or line:find("[\r\n%z]") then
       bad = "a \"Name: value\" line without CR, LF or NUL is expected"
