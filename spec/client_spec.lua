@@ -599,13 +599,14 @@ describe("client", function()
       ops[41] = { "get", 999999 }
       ops[42] = { "create", { offer_id = 2, affiliate_id = 1, type = 3, code = "<b>" } }
       ops[43] = { "frobnicate", 1 }
-      local progress = 0
+      local progress, totals = 0, {}
       local results = c:batch(ops, { concurrency = 8, on_progress = function(done, total)
         progress = done
-        assert.equal(43, total)
+        totals[total] = true -- asserted after: an error here would be caught
       end })
       assert.equal(43, #results)
       assert.equal(43, progress)
+      assert.same({ [43] = true }, totals)
       for i = 1, 40 do
         assert.is_true(results[i].ok)
         assert.equal(i, results[i].value.affiliate_id)

@@ -220,6 +220,11 @@ describe("reliability: the API key never leaves, even when the server echoes it"
         assert_clean(tostring(report), "tostring of what migrate returned")
         assert_clean(err, "the migrate error")
         assert_clean(tostring(err), "tostring of the migrate error")
+        -- the query failed at the echo server: nil, err (the echo went into err)
+        assert.is_true(ok, tostring(report))
+        assert.is_nil(report)
+        assert.is_table(err)
+        assert.is_truthy(err.kind == "api" or err.kind == "http", "unexpected kind " .. tostring(err.kind))
       end)
     end)
   end
