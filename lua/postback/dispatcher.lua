@@ -31,13 +31,7 @@ for k, v in pairs(fire.DEFAULTS) do DEFAULTS[k] = v end
 DEFAULTS.delay = 0
 
 --- The dispatcher's options besides the firing ones.
-M.OPTIONS = {
-  delay = { kind = "number", min = 0, max = 1e7 },
-  spool = { kind = "string" },
-  spool_options = { kind = "table" },
-  on_attempt = { kind = "function" },
-  max_queue = { kind = "number", integer = true, min = 1, max = 1e9 },
-}
+M.OPTIONS = fire.DISPATCHER_OPTIONS
 
 
 -- A postback's final outcome (the executor's deliver).
@@ -115,15 +109,11 @@ function M.new(opts)
     end
     self.spool = sp
     local n = 0
-    for id, rec in sp:owed() do
-      if type(rec) ~= "table" or type(rec.url) ~= "string" then
-        sp:discard(id) -- not a postback of ours: moved to .corrupt, reported
-      else
-        n = n + 1
-        local job = fire.job(rec.url, o, rec.headers)
-        job.id, job.tag, job.spooled = id, id, true
-        self.ex:push(job)
-      end
+    for id, rec in fire.owed(sp) do
+      n = n + 1
+      local job = fire.job(rec.url, o, rec.headers)
+      job.id, job.tag, job.spooled = id, id, true
+      self.ex:push(job)
     end
     self.recovered = n
   end
@@ -193,9 +183,7 @@ end
 -- and runs callbacks. Returns the number of attempts that finished.
 function Dispatcher:poll(timeout)
   if self.closed then return 0 end
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
-    util.argerror(1, "poll", "non-negative number expected", 2)
-  end
+  fire.check_timeout(timeout, "poll")
   if self.spool then self.spool:sync() end -- group commit; compaction when due
   local n = self.ex:step(timeout or 0)
   settle(self)
@@ -211,9 +199,7 @@ end
 --- Polls until nothing is pending or timeout seconds passed.
 -- @return true, or nil, err (kind "timeout") with postbacks still pending
 function Dispatcher:wait(timeout)
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
-    util.argerror(1, "wait", "non-negative number expected", 2)
-  end
+  fire.check_timeout(timeout, "wait")
   local deadline = timeout and core.now() + timeout
   while self:pending() > 0 do
     local left = deadline and deadline - core.now() or 1

@@ -371,6 +371,37 @@ local DISPATCH_OPTIONS = {
   missing = { kind = "string", values = { "empty", "keep", "error" } },
 }
 
+--- The options a dispatcher takes besides the firing ones (the one inside
+-- nginx adds grace and sync_interval).
+M.DISPATCHER_OPTIONS = {
+  delay = DISPATCH_OPTIONS.delay,
+  spool = { kind = "string" },
+  spool_options = { kind = "table" },
+  on_attempt = { kind = "function" },
+  max_queue = { kind = "number", integer = true, min = 1, max = 1e9 },
+}
+
+--- Checks the timeout argument of a dispatcher's d:poll or d:wait (fname),
+-- raising "bad argument" as that method's own.
+function M.check_timeout(timeout, fname)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
+    util.argerror(1, fname, "non-negative number expected", 3)
+  end
+end
+
+--- What a dispatcher's spool owes: `for id, rec in fire.owed(sp) do`. A
+-- record that is not a postback of ours is discarded (moved to .corrupt,
+-- reported).
+function M.owed(sp)
+  local next_record = sp:owed()
+  return function()
+    for id, rec in next_record do
+      if type(rec) == "table" and type(rec.url) == "string" then return id, rec end
+      sp:discard(id)
+    end
+  end
+end
+
 --- Checks the arguments of a dispatcher's d:fire(target, values, opts),
 -- raising "bad argument" as d:fire's own (level: d:fire's caller).
 function M.check_dispatch(target, values, opts)

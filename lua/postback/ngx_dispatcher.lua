@@ -47,14 +47,10 @@ DEFAULTS.sync_interval = 0.05
 --- The options besides the firing ones (those of postback.dispatcher, and
 -- grace and sync_interval).
 M.OPTIONS = {
-  delay = { kind = "number", min = 0, max = 1e7 },
-  spool = { kind = "string" },
-  spool_options = { kind = "table" },
-  on_attempt = { kind = "function" },
-  max_queue = { kind = "number", integer = true, min = 1, max = 1e9 },
   grace = { kind = "number", min = 0, max = 86400 },
   sync_interval = { kind = "number", above = 0, max = 60 },
 }
+for k, v in pairs(fire.DISPATCHER_OPTIONS) do M.OPTIONS[k] = v end
 
 
 local MAX_SLOTS = 64        -- spool files per worker id (generations alive at once)
@@ -137,19 +133,15 @@ end
 -- us): each is added to ours, then marked done in it. Returns how many.
 local function adopt(self, sp)
   local n = 0
-  for fid, rec in sp:owed() do
-    if type(rec) ~= "table" or type(rec.url) ~= "string" then
-      sp:discard(fid)
-    else
-      local id, err = self.spool:add(rec)
-      if not id then
-        log(ngx.ERR, "cannot take over ", sp.path, ": ", tostring(err))
-        break
-      end
-      enqueue(self, id, rec.url, rec.headers, 0, true)
-      sp:done(fid)
-      n = n + 1
+  for fid, rec in fire.owed(sp) do
+    local id, err = self.spool:add(rec)
+    if not id then
+      log(ngx.ERR, "cannot take over ", sp.path, ": ", tostring(err))
+      break
     end
+    enqueue(self, id, rec.url, rec.headers, 0, true)
+    sp:done(fid)
+    n = n + 1
   end
   self.spool:sync()
   sp:compact()
@@ -338,13 +330,9 @@ function M.new(opts)
     local sp, path = open_spool(self, self.spool_dir)
     if not sp then return nil, path end
     self.spool, self.spool_path = sp, path
-    for id, rec in sp:owed() do
-      if type(rec) ~= "table" or type(rec.url) ~= "string" then
-        sp:discard(id) -- not a postback of ours: moved to .corrupt, reported
-      else
-        self.recovered = self.recovered + 1
-        enqueue(self, id, rec.url, rec.headers, 0, true)
-      end
+    for id, rec in fire.owed(sp) do
+      self.recovered = self.recovered + 1
+      enqueue(self, id, rec.url, rec.headers, 0, true)
     end
   end
   local ok, err = ngx.timer.at(0, run, self)
@@ -399,9 +387,7 @@ end
 --- Inside nginx the worker's timer drives the transfers: poll does nothing
 -- and returns 0 (it never blocks), so code written for a loop runs as is.
 function Dispatcher:poll(timeout)
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
-    util.argerror(1, "poll", "non-negative number expected", 2)
-  end
+  fire.check_timeout(timeout, "poll")
   return 0
 end
 
@@ -414,9 +400,7 @@ end
 -- timeout seconds passed: true, or nil, err (kind "timeout"). Where
 -- nginx cannot wait (init_worker) it only tells whether anything is pending.
 function Dispatcher:wait(timeout)
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
-    util.argerror(1, "wait", "non-negative number expected", 2)
-  end
+  fire.check_timeout(timeout, "wait")
   local deadline = timeout and core.now() + timeout
   local step = 0.005
   while self.npending > 0 and not self.stopped do
