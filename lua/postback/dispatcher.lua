@@ -16,7 +16,6 @@
 -- sent again, so receivers should dedupe on their click id.
 local core = require "postback.core"
 local errors = require "postback.errors"
-local executor = require "postback.executor"
 local fire = require "postback.fire"
 local spool = require "postback.spool"
 local util = require "postback.util"
@@ -84,20 +83,14 @@ function M.new(opts)
   local self = setmetatable({ opts = o, next_id = 0, delivered = 0, failed = 0, done_ids = {} }, Dispatcher)
   local t = fire.transport(o)
   self.transport = t
-  self.ex = executor.new {
-    transport = t, concurrency = o.concurrency, policy = o.policy,
-    per_host = o.per_host, per_host_rate = o.per_host_rate, breaker = o.breaker,
-    judge = fire.judge(o),
-    deliver = function(job, value, err) finish(self, job, value, err) end,
-    on_attempt = fire.attempt_reporter(o),
-    on_error = o.on_error,
+  self.ex = fire.executor(o, t, function(job, value, err) finish(self, job, value, err) end, {
     -- 2xx answers of plain postbacks end in C: result, on_result, done ids
     sink = (o.on_attempt == nil) and { plain = o.plain, with_id = true, on_result = o.on_result,
                                        done = self.done_ids } or nil,
     fast_job = function(outcome)
       return { url = outcome.url, id = outcome.tag, spooled = self.spool ~= nil }
     end,
-  }
+  })
 
   if o.spool then
     local so = { on_error = o.on_error }

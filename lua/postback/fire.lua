@@ -285,6 +285,20 @@ function M.transport(o)
   return executor.sync_transport(mod, M.profile(o))
 end
 
+--- The executor of a run with fire options o on transport t: o's retry
+-- policy, limits, breaker and callbacks, attempts judged by fire.judge(o),
+-- outcomes to deliver(job, value, err); more: its other fields (sink,
+-- fast_job, ...).
+function M.executor(o, t, deliver, more)
+  local cfg = {
+    transport = t, concurrency = o.concurrency, policy = o.policy,
+    per_host = o.per_host, per_host_rate = o.per_host_rate, breaker = o.breaker,
+    judge = M.judge(o), deliver = deliver, on_attempt = M.attempt_reporter(o), on_error = o.on_error,
+  }
+  for k, v in pairs(more or {}) do cfg[k] = v end
+  return executor.new(cfg)
+end
+
 --- Fires many postbacks at once.
 -- items: an array, or an iterator function returning items; an item is a
 -- URL string/template/record, or {url=, values=, headers=}.
@@ -309,12 +323,8 @@ function M.fire_many(items, opts)
     if on_result then on_result(r, i) end
   end
 
-  local ex = executor.new {
-    transport = M.transport(o), concurrency = o.concurrency, policy = o.policy,
-    per_host = o.per_host, per_host_rate = o.per_host_rate,
-    breaker = o.breaker, judge = M.judge(o), deliver = deliver, on_error = o.on_error,
-    sink = { plain = o.plain, results = results, on_result = on_result },
-  }
+  local ex = M.executor(o, M.transport(o), deliver,
+    { sink = { plain = o.plain, results = results, on_result = on_result } })
 
   -- An item refused before sending: delivered protected, as every outcome.
   local function fail_item(i, err)

@@ -26,7 +26,6 @@
 -- grace period did not deliver (each is reported to on_result).
 local core = require "postback.core"
 local errors = require "postback.errors"
-local executor = require "postback.executor"
 local fire = require "postback.fire"
 local spool = require "postback.spool"
 local transport = require "postback.transport.ngx"
@@ -313,14 +312,7 @@ function M.new(opts)
   profile.per_host = o.per_host
   local t = transport.new(profile)
   self.transport = t
-  self.ex = executor.new {
-    transport = t, concurrency = o.concurrency, policy = o.policy,
-    per_host = o.per_host, per_host_rate = o.per_host_rate, breaker = o.breaker,
-    judge = fire.judge(o),
-    deliver = function(job, value, err) finish(self, job, value, err) end,
-    on_attempt = fire.attempt_reporter(o),
-    on_error = o.on_error,
-  }
+  self.ex = fire.executor(o, t, function(job, value, err) finish(self, job, value, err) end)
   if o.spool then
     local so = { on_error = o.on_error }
     for k, v in pairs(o.spool_options or {}) do so[k] = v end
