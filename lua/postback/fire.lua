@@ -376,9 +376,8 @@ end
 
 -- The options of one d:fire.
 local DISPATCH_OPTIONS = {
-  headers = { kind = "table" }, delay = { kind = "number", min = 0, max = 1e7 },
-  encode = { kind = "string", values = { "url", "none" } },
-  missing = { kind = "string", values = { "empty", "keep", "error" } },
+  headers = M.OPTIONS.headers, delay = { kind = "number", min = 0, max = 1e7 },
+  encode = M.OPTIONS.encode, missing = M.OPTIONS.missing,
 }
 
 --- The options a dispatcher takes besides the firing ones (the one inside
@@ -412,8 +411,9 @@ function M.owed(sp)
   end
 end
 
---- Checks the arguments of a dispatcher's d:fire(target, values, opts),
--- raising "bad argument" as d:fire's own (level: d:fire's caller).
+--- Checks the arguments of a dispatcher's d:fire(target, values, opts) (or
+-- the target and values of fire), raising "bad argument" as that fire's own
+-- (level: its caller).
 function M.check_dispatch(target, values, opts)
   if target == nil then util.argerror(1, "fire", "URL, template or record expected, got nil", 3) end
   if values ~= nil and type(values) ~= "table" then
@@ -465,10 +465,7 @@ end
 --- Fires one postback: result (ok = true), or nil, err (err.attempts,
 -- err.status and err.body tell what happened).
 function M.fire(target, values, opts)
-  if target == nil then util.argerror(1, "fire", "URL, template or record expected, got nil", 2) end
-  if values ~= nil and type(values) ~= "table" then
-    util.argerror(2, "fire", "table expected, got " .. type(values), 2)
-  end
+  M.check_dispatch(target, values)
   local o = M.options(opts, 3, "fire")
   if o.header_error then return nil, o.header_error end
   local url, err = M.render_target(target, values, o)
