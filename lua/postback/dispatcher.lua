@@ -157,13 +157,11 @@ function Dispatcher:fire(target, values, opts)
     self.next_id = id
   end
   if fast then
-    local ok, why = self.transport:fire_url(url, id)
-    if ok then
+    if self.transport:fire_url(url, id) then
       ex:fast_started(1)
       return id
     end
     -- refused by the engine: the executor's path reports it as a result
-    if why then self.refused = (self.refused or 0) + 1 end
   end
   local job = fire.job(url, o, headers)
   job.id, job.tag, job.spooled = id, id, self.spool ~= nil

@@ -303,7 +303,6 @@ function Executor:start(job, now)
   if wait > 0 then
     job.due = now + wait
     heap_push(self.heap, job)
-    self.rate_due = job.due
     return false
   end
   if self.by_host and not self:host_admits(job, now) then return true end

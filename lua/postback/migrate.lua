@@ -186,7 +186,6 @@ function M.run(opts)
   local concurrency = opts.concurrency or 8
   local out = opts.out or io.stdout
   local on_plan = opts.on_plan
-  if on_plan ~= nil and type(on_plan) ~= "function" then argerror("option on_plan must be a function") end
 
   local report = { scanned = 0, changed = 0, skipped = 0, failed = 0, errors = {} }
   local source = opts.source

@@ -132,10 +132,6 @@ function T:sleep(s)
   if s > 0 then core.sleep(s) end
 end
 
-function T:pending()
-  return self.engine:pending()
-end
-
 --- One request, blocking: response, or nil, err.
 function T:request(req)
   local tag = (self.last_tag or 0) + 1
@@ -165,6 +161,4 @@ end
 T.__close = T.close
 T.__gc = T.close
 
---- Compatibility: M.request(req) on a module-level transport.
-M.T = T
 return M

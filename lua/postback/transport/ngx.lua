@@ -701,11 +701,6 @@ function M:sleep(s)
   if s > 0 then wait_events(self, s) end
 end
 
---- Requests queued here or in flight.
-function M:pending()
-  return (self.qtail - self.qhead + 1) + #self.threads - (self.nwaiting or 0)
-end
-
 --- Stops the light threads (only the coroutine that started them may:
 -- the one that ran the executor); requests in flight are abandoned.
 function M:close()
