@@ -82,14 +82,9 @@ end
 
 -- ---- outcomes -----------------------------------------------------------------
 
-local function call(self, fn, ...)
-  local ok, err = pcall(fn, ...)
-  if not ok then
-    self.callback_errors = self.callback_errors + 1
-    local on_error = self.opts.on_error
-    if on_error then pcall(on_error, { callback = "on_result", error = err })
-    else log(ngx.ERR, "on_result raised: ", tostring(err)) end
-  end
+-- A callback that raised, without an on_error option: logged.
+local function log_callback_error(info)
+  log(ngx.ERR, tostring(info.callback), " raised: ", tostring(info.error))
 end
 
 -- A postback's final outcome (the executor's deliver).
@@ -115,7 +110,7 @@ local function finish(self, job, value, err)
       self.dirty = true
     end
   end
-  if self.opts.on_result then call(self, self.opts.on_result, r) end
+  if self.opts.on_result then self.ex:call("on_result", self.opts.on_result, job, r) end
 end
 
 -- Queues an accepted postback (rendered URL, headers) under id.
@@ -223,7 +218,7 @@ local function shutdown(self)
           message = "the worker exited before this postback was delivered (no spool)" })
         local r = fire.result(job, nil, err)
         r.id = id
-        call(self, on_result, r)
+        self.ex:call("on_result", on_result, job, r)
       end
     end
   end
@@ -305,14 +300,15 @@ function M.new(opts)
   end
   local self = setmetatable({
     opts = o, next_id = 0, delivered = 0, failed = 0, refused = 0, adopted = 0, recovered = 0,
-    callback_errors = 0, jobs = {}, npending = 0, next_sync = 0, next_scan = 0,
+    jobs = {}, npending = 0, next_sync = 0, next_scan = 0,
     worker = ngx.worker.id() or 0, workers = math.max(ngx.worker.count() or 1, 1),
   }, Dispatcher)
   local profile = fire.profile(o)
   profile.per_host = o.per_host
   local t = transport.new(profile)
   self.transport = t
-  self.ex = fire.executor(o, t, function(job, value, err) finish(self, job, value, err) end)
+  self.ex = fire.executor(o, t, function(job, value, err) finish(self, job, value, err) end,
+                          { on_error = o.on_error or log_callback_error })
   if o.spool then
     local so = { on_error = o.on_error }
     for k, v in pairs(o.spool_options or {}) do so[k] = v end
@@ -418,7 +414,6 @@ function Dispatcher:stats()
   local s = self.ex:stats()
   s.delivered, s.failed, s.pending = self.delivered, self.failed, self.npending
   s.refused, s.recovered, s.adopted = self.refused, self.recovered, self.adopted
-  s.callback_errors = s.callback_errors + self.callback_errors
   s.worker, s.running = self.worker, self.running == true
   if self.spool and not self.stopped then
     s.spool = self.spool:stats()
