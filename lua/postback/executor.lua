@@ -34,6 +34,7 @@
 local core = require "postback.core"
 local errors = require "postback.errors"
 local retry = require "postback.retry"
+local util = require "postback.util"
 
 local M = {}
 local Executor = {}
@@ -133,12 +134,14 @@ function Executor:tag()
 end
 
 -- Runs an owner callback protected; reports an error with the job's id.
+-- Returns what pcall returns (two values at most).
 function Executor:call(name, fn, job, ...)
-  local ok, err = pcall(fn, ...)
+  local ok, a, b = pcall(fn, ...)
   if not ok then
     self.stats_.callback_errors = self.stats_.callback_errors + 1
-    pcall(self.on_error, { callback = name, id = job and (job.id or job.index or job.tag), error = err })
+    pcall(self.on_error, { callback = name, id = job and (job.id or job.index or job.tag), error = a })
   end
+  return ok, a, b
 end
 
 -- ---- queueing ----------------------------------------------------------------------
@@ -434,10 +437,8 @@ function Executor:complete(tag, resp, terr)
   self.inflight[tag] = nil
   self.ninflight = self.ninflight - 1
   if self.by_host then self:host_release(job) end
-  local ok, value, err = pcall(self.judge, job, resp, terr)
+  local ok, value, err = self:call("judge", self.judge, job, job, resp, terr)
   if not ok then
-    self.stats_.callback_errors = self.stats_.callback_errors + 1
-    pcall(self.on_error, { callback = "judge", id = job.id or job.index or job.tag, error = value })
     value, err = nil, errors.new("validation", { message = "judging the answer failed: " .. tostring(value),
       retryable = false })
   end
@@ -579,8 +580,7 @@ function M.sync_transport(fn, profile)
   function t.wait(self, _, sink) return M.hand_over(self.done, sink) end
   function t.outcome(_, o) return o.resp, o.err end
   function t.sleep(_, s)
-    local n = rawget(_G, "ngx")
-    if type(n) == "table" and n.sleep and require("postback.util").in_nginx() then n.sleep(s) else core.sleep(s) end
+    if util.in_nginx() then ngx.sleep(s) else core.sleep(s) end
   end
   function t.close() end
   return t
