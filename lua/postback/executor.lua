@@ -402,8 +402,10 @@ end
 
 -- ---- outcomes ------------------------------------------------------------------------
 
--- Ends an attempt: judged value or err; retries or delivers.
+-- Ends an attempt: judged value or err; retries or delivers. An err
+-- without attempts (refused before sending) gets the job's.
 function Executor:finish_job(job, value, err, refused)
+  if err and err.attempts == nil then err.attempts = job.attempts end
   if self.on_attempt then self:call("on_attempt", self.on_attempt, job, job, value, err) end
   if self.breaker then
     if not refused then

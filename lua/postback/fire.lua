@@ -478,7 +478,6 @@ function M.fire(target, values, opts)
   ex:close()
   if not ok then error(value, 0) end
   if value then return value end
-  ferr.attempts = job.attempts
   return nil, ferr
 end
 
