@@ -366,9 +366,7 @@ local function check_record(self, rec, partial, offer_id)
 end
 
 local function need_table(v, n, fname)
-  if type(v) ~= "table" then
-    error(("bad argument #%d to '%s' (table expected, got %s)"):format(n, fname, type(v)), 3)
-  end
+  if type(v) ~= "table" then util.argerror(n, fname, "table expected, got " .. type(v), 3) end
 end
 
 -- Each call is prepared first: checked, validated against the offer's

@@ -16,13 +16,19 @@ local ESCAPES = setmetatable({ ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" },
   __index = function(_, c) return ("\\x%02X"):format(c:byte()) end,
 })
 
-local function text(v)
-  if v == nil then return nil end
-  if type(v) == "string" then return v end
+--- tostring, but integers up to 2^53 in all their digits (Lua 5.1 and
+-- LuaJIT print numbers with 14 significant digits: 9.007199254741e+15).
+-- Here because postback.util, which offers it as util.tostr, needs this
+-- module.
+function M.tostr(v)
   if type(v) == "number" and v == math.floor(v) and v >= -9007199254740992 and v <= 9007199254740992 then
-    return ("%.0f"):format(v) -- all the digits, on Lua 5.1 and LuaJIT too
+    return ("%.0f"):format(v)
   end
   return tostring(v)
+end
+
+local function text(v)
+  if v ~= nil then return M.tostr(v) end
 end
 
 local function describe(e)

@@ -37,12 +37,7 @@ end
 
 --- tostring, but integers up to 2^53 in all their digits (Lua 5.1 and
 -- LuaJIT print numbers with 14 significant digits: 9.007199254741e+15).
-function M.tostr(v)
-  if type(v) == "number" and v == math.floor(v) and v >= -9007199254740992 and v <= 9007199254740992 then
-    return ("%.0f"):format(v)
-  end
-  return tostring(v)
-end
+M.tostr = errors.tostr
 
 --- A number as the command line takes it: decimal digits, with one point
 -- inside or before them unless integer ("10", "0.5", ".5"; no sign,
