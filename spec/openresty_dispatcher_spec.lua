@@ -171,7 +171,7 @@ describe("postback.dispatcher inside nginx", function()
       local id, err = D:fire(%q) -- D: no allow_userinfo
       return out, id, err and err.code
     ]]):format(dir, url, (url:gsub("/d$", "/refused"))))
-    sh("rm -rf " .. dir)
+    fixtures.run("rm -rf " .. fixtures.sh(dir))
     assert.equal(6, #results)
     for _, r in ipairs(results) do
       assert.is_true(r.ok, r.error)
