@@ -169,3 +169,15 @@ describe("postback.encode", function()
     end
   end)
 end)
+
+describe("postback.util.host_of", function()
+  local util = require "postback.util"
+
+  it("gives the host and port, lower case, without user info; nil without an authority", function()
+    assert.equal("a.example:8080", util.host_of("https://u:p@A.Example:8080/x?y=@z#w"))
+    assert.equal("[::1]:81", util.host_of("http://[::1]:81"))
+    assert.equal("", util.host_of("http:///x"))
+    assert.is_nil(util.host_of("a.example/x"))
+    assert.is_nil(util.host_of(nil))
+  end)
+end)

@@ -161,8 +161,7 @@ end
 local function host_of(job)
   local h = job.host
   if not h then
-    local url = job.url or job.req.url
-    h = (url:match("^%a[%w+.-]*://([^/?#]*)") or ""):gsub("^.*@", ""):lower()
+    h = util.host_of(job.url or job.req.url) or ""
     job.host = h
   end
   return h

@@ -172,6 +172,14 @@ end
 
 -- ---- redaction -------------------------------------------------------------
 
+--- The host (and port) of a URL, lower case, without user info; nil when
+-- url is not a string with a scheme and authority.
+function M.host_of(url)
+  if type(url) ~= "string" then return nil end
+  local h = url:match("^%a[%w+.-]*://([^/?#]*)")
+  return h and (h:gsub("^.*@", ""):lower())
+end
+
 --- A URL without user:password@ (for errors, logs and results).
 function M.redact_url(url)
   if type(url) ~= "string" or not url:find("@", 1, true) then return url end

@@ -72,11 +72,6 @@ local function positive(opts, k, allow_zero)
   return v
 end
 
-local function host_of(url)
-  local h = url:match("^%a[%w+.-]*://([^/?#]*)") or "?"
-  return (h:gsub("^.*@", ""))
-end
-
 local function ms(seconds)
   return ("%.0f"):format((seconds or 0) * 1000)
 end
@@ -266,7 +261,7 @@ function Worker:result(r)
 end
 
 function Worker:observe(url, seconds)
-  local host = host_of(url)
+  local host = util.host_of(url) or "?"
   local h = self.hist[host]
   if not h then
     h = { counts = {}, sum = 0, n = 0 }

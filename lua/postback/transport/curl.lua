@@ -56,8 +56,7 @@ local NOT_RETRYABLE = { too_large = true, tls = true }
 
 --- The error of a destination the policy refused (nothing was sent).
 function M.blocked(url, why)
-  local host = type(url) == "string" and url:match("^%a[%w+.-]*://([^/?#]*)") or "?"
-  host = host:gsub("^.*@", "")
+  local host = util.host_of(url) or "?"
   local addr = type(why) == "string" and why:match("^(%S+) is") or nil
   local net = addr and (addr:find(":", 1, true) and (addr .. "/128") or (addr .. "/32")) or "ADDRESS/32"
   return errors.new("validation", {
