@@ -165,6 +165,17 @@ describe("a URL longer than max_url", function()
     e:close()
   end)
 
+  it("is too_long in a transport's request; a bad URL there is invalid_url", function()
+    local t = require("postback.transport.curl").new { allow_private = true }
+    local codes = {}
+    for _, url in ipairs { long, "ftp://127.0.0.1/", "http://127.0.0.1/a b" } do
+      local r, err = t:request { url = url, max_url = 64 }
+      codes[#codes + 1] = r and "sent" or (err.kind .. " " .. tostring(err.code) .. " " .. tostring(err.sent))
+    end
+    assert.same({ "validation too_long false", "validation invalid_url false", "validation invalid_url false" }, codes)
+    t.engine:close()
+  end)
+
   it("is the same error from d:fire, fire_many and fire, with or without headers", function()
     local d = postback.dispatcher { max_url = 64 }
     local id, err = d:fire(long)

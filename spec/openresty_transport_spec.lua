@@ -197,6 +197,19 @@ describe("the ngx transport inside nginx", function()
     assert.is_nil(bad:counts()["/echo-auth-ok/refused"])
   end)
 
+  it("refuses a request over max_url as too_long and a bad URL as invalid_url, as the libcurl transport does", function()
+    local codes = n:run([[
+      local t = require("postback.transport.ngx").new { allow_private = true }
+      local codes = {}
+      for _, url in ipairs { "http://127.0.0.1/" .. ("x"):rep(100), "ftp://127.0.0.1/", "http://127.0.0.1/a b" } do
+        local r, err = t:request { url = url, max_url = 64 }
+        codes[#codes + 1] = r and "sent" or (err.kind .. " " .. tostring(err.code) .. " " .. tostring(err.sent))
+      end
+      return codes
+    ]])
+    assert.same({ "validation too_long false", "validation invalid_url false", "validation invalid_url false" }, codes)
+  end)
+
   it("does not check the API client's own base_url", function()
     local status, kind = n:run(([[
       local c = assert(require("postback").client { network = "n", api_key = "k", base_url = %q, retries = 0 })

@@ -66,6 +66,18 @@ function M.blocked(url, why)
   })
 end
 
+--- The error of a request refused before sending: a blocked address, a URL
+-- over max_url (code too_long), a URL that must not be requested
+-- (invalid_url), or another bad part of the request (no code).
+function M.refused(url, why, code)
+  if code == "blocked_address" then return M.blocked(url, why) end
+  why = tostring(why)
+  code = why:find("^URL longer than max_url") and "too_long"
+    or (why:find("^URL") or why:find("^no URL")) and "invalid_url" or nil
+  return errors.new("validation", { code = code, field = code and "url" or nil, retryable = false, sent = false,
+    message = "request refused before sending: " .. why })
+end
+
 --- The error of a failed transfer.
 function M.failure(fail, message, sent, seconds, url)
   if fail == "blocked" then return M.blocked(url, message) end
@@ -97,9 +109,7 @@ function T:submit(job)
   if job.req then ok, why, code = self.engine:add(job.req, job.tag)
   else ok, why, code = self.engine:get(job.url, job.tag) end
   if ok then return true end
-  if code == "blocked_address" then return nil, M.blocked(job.url or job.req.url, why) end
-  return nil, errors.new("validation", { code = "invalid_url", field = "url", retryable = false, sent = false,
-    message = "request refused before sending: " .. tostring(why) })
+  return nil, M.refused(job.url or job.req.url, why, code)
 end
 
 --- Fast path: fires up to n plain items of a source (see engine:feed).
@@ -136,11 +146,7 @@ function T:request(req)
   local tag = (self.last_tag or 0) + 1
   self.last_tag = tag
   local ok, why, code = self.engine:add(req, tag)
-  if not ok then
-    if code == "blocked_address" then return nil, M.blocked(req.url, why) end
-    return nil, errors.new("validation", { message = "request refused before sending: " .. why,
-      retryable = false, sent = false })
-  end
+  if not ok then return nil, M.refused(req.url, why, code) end
   local sink = { slow = {} }
   while true do
     self.engine:perform(1)

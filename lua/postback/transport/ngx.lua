@@ -445,12 +445,13 @@ function M:request(req)
   local method, url = req.method or "GET", req.url
   if not method:match("^%u+$") then return fail("validation", "invalid method", false) end
   local max_url = req.max_url or 16384
-  if type(url) ~= "string" then return fail("validation", "request refused before sending: no URL", false) end
+  local refused = require("postback.transport.curl").refused
+  if type(url) ~= "string" then return nil, refused(url, "no URL") end
   if #url > max_url then
-    return fail("validation", ("request refused before sending: URL longer than max_url (%d bytes)"):format(max_url), false)
+    return nil, refused(url, ("URL longer than max_url (%d bytes)"):format(max_url))
   end
   local ok, why = core.check_url(url, self.allow_userinfo)
-  if not ok then return fail("validation", "request refused before sending: URL " .. why, false) end
+  if not ok then return nil, refused(url, "URL " .. why) end
   local bad_headers = util.check_headers(req.headers)
   if bad_headers then return nil, bad_headers end
   local scheme, host, port, path, hostport, userinfo = parse_url(url)
