@@ -732,9 +732,10 @@ int pb_spool_discard(pb_spool *sp, long long id, pb_spool_err *err)
 
 int pb_spool_next(pb_spool *sp, long long after, long long *id, pb_buf *out, pb_spool_err *err)
 {
-    size_t i = lower_bound(sp, after < PB_SPOOL_MAX_ID ? after + 1 : PB_SPOOL_MAX_ID);
     pb_buf *b = &sp->rbuf;
-    for (; i < sp->nents; i++) {
+    size_t i;
+    if (after >= PB_SPOOL_MAX_ID) return 0; /* no id is above the last */
+    for (i = lower_bound(sp, after + 1); i < sp->nents; i++) {
         entry *e = &sp->ents[i];
         size_t poff = 0;
         int rc;

@@ -3432,6 +3432,35 @@ static void t_spool_damage_kinds(void)
     spool_cleanup();
 }
 
+/* The last id, 2^53 - 1: read, owed once (next after it is none), and no
+ * id is given after it. */
+static void t_spool_last_id(void)
+{
+    char path[96], buf[256];
+    size_t n = 0;
+    long long id = 0;
+    pb_spool *sp = NULL;
+    pb_spool_err e;
+    pb_buf one;
+    spool_path(path, sizeof path);
+    n += make_line(buf + n, "+5 five");
+    n += make_line(buf + n, "+9007199254740991 last");
+    put_file(path, buf, n);
+    CHECK_INT(pb_spool_open(&sp, path, NULL, &e), PB_SPOOL_OK);
+    CHECK_OWED(sp, "5:five;9007199254740991:last;");
+    pb_buf_init(&one, NULL);
+    CHECK_INT(pb_spool_next(sp, 9007199254740990LL, &id, &one, &e), 1);
+    CHECK_INT(id, 9007199254740991LL);
+    pb_buf_reset(&one);
+    CHECK_INT(pb_spool_next(sp, 9007199254740991LL, &id, &one, &e), 0);
+    CHECK_INT(pb_spool_next(sp, 9007199254740992LL, &id, &one, &e), 0);
+    CHECK_INT(one.len, 0);
+    pb_buf_free(&one);
+    CHECK_INT(pb_spool_add(sp, "x", 1, &id, &e), PB_SPOOL_EINVAL);
+    pb_spool_close(sp, &e);
+    spool_cleanup();
+}
+
 /* Lines too long to be records (over max_record and the line's frame):
  * streamed to .corrupt as they are read, with their ids: one longer than a
  * read (16384 bytes), one whose first bytes end a read, one torn at the end
@@ -4376,6 +4405,7 @@ int main(void)
     run("spool: every bit flip of a record is found, moved out, the others kept", t_spool_bit_flips);
     run("spool: the last record cut at every byte", t_spool_truncations);
     run("spool: unknown format, repeated id, glued lines, discard", t_spool_damage_kinds);
+    run("spool: the last id, 2^53 - 1, is owed once", t_spool_last_id);
     run("spool: lines too long to be records go to .corrupt whole, with their ids", t_spool_long_lines);
     run("spool: online compaction keeps the file small and its mode", t_spool_compaction);
     run("OOM: pb_spool open, add, done, sync, compaction", t_oom_spool);
