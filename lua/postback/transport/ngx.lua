@@ -445,13 +445,13 @@ function M:request(req)
   local method, url = req.method or "GET", req.url
   if not method:match("^%u+$") then return fail("validation", "invalid method", false) end
   local max_url = req.max_url or 16384
-  local refused = require("postback.transport.curl").refused
-  if type(url) ~= "string" then return nil, refused(url, "no URL") end
+  local refuse = require("postback.transport.curl").refused
+  if type(url) ~= "string" then return nil, refuse(url, "no URL") end
   if #url > max_url then
-    return nil, refused(url, ("URL longer than max_url (%d bytes)"):format(max_url))
+    return nil, refuse(url, ("URL longer than max_url (%d bytes)"):format(max_url))
   end
   local ok, why = core.check_url(url, self.allow_userinfo)
-  if not ok then return nil, refused(url, "URL " .. why) end
+  if not ok then return nil, refuse(url, "URL " .. why) end
   local bad_headers = util.check_headers(req.headers)
   if bad_headers then return nil, bad_headers end
   local scheme, host, port, path, hostport, userinfo = parse_url(url)
