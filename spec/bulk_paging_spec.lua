@@ -33,16 +33,7 @@ local N = testenv.slow and 500 or 5000
 
 local q = child.quote
 
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
-local function exit_code(ok, _, code)
-  if type(ok) == "number" then return ok >= 256 and ok / 256 or ok end -- Lua 5.1
-  return code
-end
+local write_file, exit_code = F.writefile, F.exit_code
 
 -- This process's module paths with relative entries made absolute, for
 -- children that run in another directory.

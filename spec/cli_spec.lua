@@ -24,23 +24,10 @@ describe("postback command line", function()
   local outputs = {} -- every output, searched for the key at the end
 
   local function slurp(path)
-    local f = io.open(path)
-    if not f then return "" end
-    local s = f:read("*a")
-    f:close()
-    return s
+    return F.readfile(path) or ""
   end
 
-  local function write(path, text)
-    local f = assert(io.open(path, "w"))
-    f:write(text)
-    f:close()
-  end
-
-  local function exit_code(ok, _, code)
-    if type(ok) == "number" then return ok >= 256 and ok / 256 or ok end -- Lua 5.1
-    return code
-  end
+  local write, exit_code = F.writefile, F.exit_code
 
   -- The environment of every run: the module paths and the credentials.
   local function env_vars()

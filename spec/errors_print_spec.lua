@@ -401,8 +401,7 @@ describe("every error prints as one line", function()
       local out, err = tmp .. "/out", tmp .. "/err"
       local cmd = ("env LUA_PATH='%s' LUA_CPATH='%s' %s bin/postback fire '%s' >%s 2>%s </dev/null"):format(
         package.path, package.cpath, testenv.lua, url, out, err)
-      local ok, _, code = os.execute(cmd)
-      if type(ok) == "number" then code = ok >= 256 and ok / 256 or ok end
+      local code = require("fixtures").exit_code(os.execute(cmd))
       local fo, fe = assert(io.open(out)), assert(io.open(err))
       local stdout, stderr = fo:read("*a"), fe:read("*a")
       fo:close()

@@ -24,17 +24,10 @@ local FIRST_ID = "9007199254740988"
 local IDS = { FIRST_ID, "9007199254740989", "9007199254740990" }
 
 local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
+  return assert(F.readfile(path))
 end
 
-local function spit(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local spit = F.writefile
 
 -- Asserts that text holds "field":digits as a JSON member.
 local function has_member(text, field, digits, what)

@@ -24,19 +24,9 @@ local function rmrf(d)
   os.execute("rm -rf " .. quote(d))
 end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = require("fixtures").readfile
 
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local write = require("fixtures").writefile
 
 -- os.execute succeeded (exit status 0).
 local run = require("fixtures").run

@@ -71,18 +71,10 @@ local function dir()
 end
 
 local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
+  return require("fixtures").readfile(path) or ""
 end
 
-local function spit(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local spit = require("fixtures").writefile
 
 local counter = 0
 

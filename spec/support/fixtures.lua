@@ -202,6 +202,19 @@ function M.readfile(path)
   return s
 end
 
+--- Writes text to path (replacing it), raising on failure.
+function M.writefile(path, text)
+  local f = assert(io.open(path, "wb"))
+  assert(f:write(text))
+  assert(f:close())
+end
+
+--- The exit status of what os.execute returned (Lua 5.1 gives a wait status).
+function M.exit_code(ok, _, code)
+  if type(ok) == "number" then return ok >= 256 and ok / 256 or ok end
+  return code
+end
+
 --- Quotes s for /bin/sh.
 function M.sh(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
