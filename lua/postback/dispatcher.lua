@@ -25,9 +25,7 @@ local Dispatcher = {}
 Dispatcher.__index = Dispatcher
 Dispatcher.__name = "postback.dispatcher"
 
-local DEFAULTS = {}
-for k, v in pairs(fire.DEFAULTS) do DEFAULTS[k] = v end
-DEFAULTS.delay = 0
+local DEFAULTS = fire.dispatcher_defaults()
 
 --- The dispatcher's options besides the firing ones.
 M.OPTIONS = fire.DISPATCHER_OPTIONS

@@ -390,6 +390,16 @@ M.DISPATCHER_OPTIONS = {
   max_queue = { kind = "number", integer = true, min = 1, max = 1e9 },
 }
 
+--- A dispatcher's defaults: the firing ones, no delay, and extra (the one
+-- inside nginx adds its own).
+function M.dispatcher_defaults(extra)
+  local d = {}
+  for k, v in pairs(M.DEFAULTS) do d[k] = v end
+  d.delay = 0
+  for k, v in pairs(extra or {}) do d[k] = v end
+  return d
+end
+
 --- Checks the timeout argument of a dispatcher's d:poll or d:wait (fname),
 -- raising "bad argument" as that method's own.
 function M.check_timeout(timeout, fname)

@@ -36,12 +36,7 @@ local Dispatcher = {}
 Dispatcher.__index = Dispatcher
 Dispatcher.__name = "postback.dispatcher"
 
-local DEFAULTS = {}
-for k, v in pairs(fire.DEFAULTS) do DEFAULTS[k] = v end
-DEFAULTS.delay = 0
-DEFAULTS.max_queue = 10000
-DEFAULTS.grace = 5
-DEFAULTS.sync_interval = 0.05
+local DEFAULTS = fire.dispatcher_defaults { max_queue = 10000, grace = 5, sync_interval = 0.05 }
 
 --- The options besides the firing ones (those of postback.dispatcher, and
 -- grace and sync_interval).
