@@ -48,6 +48,23 @@ local function own_pid()
 end
 
 local is_root = sh("id -u"):match("^0%s") ~= nil
+
+-- A new 64 KiB tmpfs (a disk that fills): its mount point, or nil and why
+-- not (pending).
+local function small_tmpfs()
+  if not is_root then return nil, "needs root to mount a tmpfs" end
+  local mnt = tmpdir()
+  if not run("mount -t tmpfs -o size=64k tmpfs " .. quote(mnt) .. " 2>/dev/null") then
+    rmrf(mnt)
+    return nil, "mounting a tmpfs is not permitted here"
+  end
+  return mnt
+end
+
+local function unmount(mnt)
+  os.execute("umount " .. quote(mnt))
+  rmrf(mnt)
+end
 local has_setpriv = sh("command -v setpriv"):match("%S") ~= nil
 local nobody_uid = tonumber(sh("id -u nobody 2>/dev/null"):match("%d+") or "")
 local nobody_gid = tonumber(sh("id -g nobody 2>/dev/null"):match("%d+") or "")
@@ -522,17 +539,12 @@ describe("the dispatcher's spool", function()
   end)
 
   it("on a full 64 KiB tmpfs, a failed append loses neither the postback before it nor the one after", function()
-    if not is_root then return pending("needs root to mount a tmpfs") end
-    local mnt = tmpdir()
-    if not run("mount -t tmpfs -o size=64k tmpfs " .. quote(mnt) .. " 2>/dev/null") then
-      rmrf(mnt)
-      return pending("mounting a tmpfs is not permitted here")
-    end
+    local mnt, why = small_tmpfs()
+    if not mnt then return pending(why) end
     local d
     finally(function()
       if d then d:close() end -- a spool open on it keeps it busy
-      os.execute("umount " .. quote(mnt))
-      rmrf(mnt)
+      unmount(mnt)
     end)
     local sp_path = mnt .. "/d.spool"
     local reports, on_error = collector()
@@ -657,17 +669,12 @@ describe("the spool's compaction when it cannot be done", function()
   after_each(function() rmrf(dir) end)
 
   it("on a full 64 KiB tmpfs: reported as compaction, the file byte for byte as it was, done once there is room", function()
-    if not is_root then return pending("needs root to mount a tmpfs") end
-    local mnt = tmpdir()
-    if not run("mount -t tmpfs -o size=64k tmpfs " .. quote(mnt) .. " 2>/dev/null") then
-      rmrf(mnt)
-      return pending("mounting a tmpfs is not permitted here")
-    end
+    local mnt, why = small_tmpfs()
+    if not mnt then return pending(why) end
     local sp
     finally(function()
       if sp then sp:close() end -- a spool open on it keeps it busy
-      os.execute("umount " .. quote(mnt))
-      rmrf(mnt)
+      unmount(mnt)
     end)
     local sp_path = mnt .. "/c.spool"
     local reports, on_error = collector()
