@@ -186,6 +186,48 @@ describe("integers up to 2^53-1, end to end", function()
     assert.are.equal(0, #requests("POST"))
   end)
 
+  it("page by key and go through a migration's journal with every digit", function()
+    -- the records the first test left: IDS[1], IDS[3] and MAX
+    local c = assert(postback.client(mock:client_opts()))
+    local journal = tmp .. "/migrate.journal"
+    local function migrate()
+      return assert(postback.migrate { client = c, journal = journal, query = { limit = 1 },
+        transform = function(pb) return { code = pb.code .. "&j=1" } end })
+    end
+    mock:control("DELETE", "/_mock/requests")
+    local report = migrate()
+    assert.are.same({ 3, 3, 0 }, { report.scanned, report.changed, report.failed })
+    local want = { IDS[1], IDS[3], MAX }
+    -- one record a page: each page after the last id seen, every digit (the
+    -- page after IDS[3] says it holds the last match: no page after MAX)
+    local floors = {}
+    for _, r in ipairs(requests("GET")) do
+      local q = r.query or ""
+      local floor = q:match("filters%%5Bid%%5D%%5BGREATER_THAN%%5D=(%d+)")
+        or q:match("filters%[id%]%[GREATER_THAN%]=(%d+)")
+      if floor then floors[#floors + 1] = floor end
+    end
+    assert.are.same({ IDS[1], IDS[3] }, floors)
+    local puts = requests("PUT")
+    assert.are.equal(3, #puts)
+    local put_paths = {}
+    for i, put in ipairs(puts) do put_paths[i] = put.path end
+    table.sort(put_paths) -- sent concurrently: in any order
+    for i, id in ipairs(want) do assert.are.equal("/v1/affiliate_postbacks/" .. id, put_paths[i]) end
+    local text = slurp(journal)
+    no_exponent((text:gsub("%f[^\n%z]%x%x%x%x%x%x%x%x ", "")), "journal") -- past each line's checksum
+    for _, id in ipairs(want) do assert.truthy(text:find(id, 1, true), "journal lacks " .. id) end
+    -- the rerun finds each id in the journal: nothing sent again
+    mock:control("DELETE", "/_mock/requests")
+    report = migrate()
+    assert.are.same({ 3, 0, 3 }, { report.scanned, report.changed, report.skipped })
+    assert.are.equal(0, #requests("PUT"))
+    for _, id in ipairs(want) do
+      local raw = api_get("/v1/affiliate_postbacks/" .. id)
+      assert.truthy(raw:find("&j=1\"", 1, true) and not raw:find("&j=1&j=1", 1, true), raw)
+    end
+  end)
+
   it("come back as the same numbers through the client", function()
     mock:reset() -- ids from 1 again
     local c = assert(postback.client(mock:client_opts()))
