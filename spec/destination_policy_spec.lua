@@ -500,3 +500,64 @@ describe("destination policy options", function()
     end
   end)
 end)
+
+-- DNS rebinding: a name whose answer changes between lookups, an allowed
+-- address one time and a refused one the next. Every connection is checked
+-- at the address it is made to, so nothing reaches the refused one,
+-- whatever the name said before. Runs in the namespaces, where the system
+-- resolver asks spec/support/dnsserver.lua (bind-mounted resolv.conf).
+local REBIND = [==[
+local postback = require "postback"
+local countrecv = require "countrecv"
+local dns = require("dnsserver").start({ ["rebind.test"] = { "10.0.0.1", "192.168.1.1" } },
+                                       { port = 53, rotate = true })
+local recv = countrecv.start({ "0.0.0.0" }, { lifetime = 60 })
+local out = { fire = {} }
+for i = 1, 8 do
+  local r, err = postback.fire(("http://rebind.test:%d/r%d"):format(recv.port, i), nil,
+    { allow_networks = { "10.0.0.1/32" }, retries = 0, timeout = 5, connect_timeout = 3 })
+  out.fire[i] = { ok = r ~= nil and r.ok, code = err and err.code, address = err and err.address }
+end
+out.log = recv:lines()
+recv:stop()
+dns:stop()
+return out
+]==]
+
+describe("destination policy against DNS rebinding", function()
+  it("checks each connection's own address: the refused answer is never reached", function()
+    if not (NETNS and HOSTS_FILE) then return pending(DNS_WHY or NETNS_WHY) end
+    local fixtures = require "fixtures"
+    local hosts, resolv = os.tmpname(), os.tmpname()
+    fixtures.writefile(hosts, HOSTS)
+    fixtures.writefile(resolv, "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    local noproxy = "env -u http_proxy -u HTTP_PROXY -u https_proxy -u HTTPS_PROXY -u all_proxy -u ALL_PROXY "
+    local pre = ("mount --bind %s /etc/hosts && mount --bind %s /etc/resolv.conf && %s"):format(
+      quote(hosts), quote(resolv), NS_SETUP)
+    local r = child.run(REBIND, { limit = 90, wrap = function(cmd)
+      return ("%sunshare -m -n sh -c %s"):format(noproxy, quote(pre .. " && " .. cmd))
+    end })
+    os.remove(hosts)
+    os.remove(resolv)
+    assert(not r.timed_out, "the scenario never finished")
+    assert(r.raised == nil, "the scenario failed: " .. tostring(r.raised))
+    local delivered, refused = 0, 0
+    for i, one in ipairs(r.value.fire) do
+      if one.ok then
+        delivered = delivered + 1
+      else
+        assert.equal("blocked_address", one.code, "fire " .. i)
+        assert.equal("192.168.1.1", one.address, "fire " .. i)
+        refused = refused + 1
+      end
+    end
+    -- the name did change between lookups: both answers were seen
+    assert.is_true(delivered > 0 and refused > 0, ("%d delivered, %d refused"):format(delivered, refused))
+    local at_allowed = 0
+    for _, l in ipairs(r.value.log) do
+      assert.falsy(l:find("192.168.1.1", 1, true), "reached the refused address: " .. l)
+      if l:match("^req 10%.0%.0%.1 GET /r%d$") then at_allowed = at_allowed + 1 end
+    end
+    assert.equal(delivered, at_allowed)
+  end)
+end)

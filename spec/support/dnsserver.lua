@@ -1,14 +1,17 @@
 -- A tiny DNS server for the specs: answers A queries from a fixed table,
 -- NXDOMAIN for other names, an empty answer for other types. Loopback only.
 --
---   lua5.4 spec/support/dnsserver.lua [--port 0] name=1.2.3.4 [name=5.6.7.8 ...]
+--   lua5.4 spec/support/dnsserver.lua [--port 0] [--rotate] name=1.2.3.4 [name=5.6.7.8 ...]
 --
 -- Prints "dns listening on 127.0.0.1:PORT" once it listens. A name given
--- twice gets both addresses. Control: a query for "_shutdown." stops it.
+-- twice gets both addresses; with --rotate each A query gets one of them,
+-- the next each time (a name that rebinds between lookups). Control: a
+-- query for "_shutdown." stops it.
 --
 -- From a spec (the server runs as a child process):
 --   local dns = require("dnsserver").start{ ["pb.test"] = "127.0.0.1" }
 --   dns.port; dns:stop()
+--   dnsserver.start(names, { port = 53, rotate = true })
 local socket = require "socket"
 
 local M = {}
@@ -28,7 +31,7 @@ local function qname(msg, i)
   end
 end
 
-local function answer(names, msg)
+local function answer(names, msg, rotate)
   if #msg < 12 then return nil end
   local id, qd = msg:sub(1, 2), u16(msg, 5)
   if qd ~= 1 then return nil end
@@ -38,6 +41,10 @@ local function answer(names, msg)
   local question = msg:sub(13, after + 3)
   local addrs = names[name]
   local rcode = addrs and 0 or 3
+  if addrs and qtype == 1 and rotate then
+    rotate[name] = (rotate[name] or 0) % #addrs + 1
+    addrs = { addrs[rotate[name]] }
+  end
   local records = {}
   if addrs and qtype == 1 then
     for _, ip in ipairs(addrs) do
@@ -51,7 +58,8 @@ local function answer(names, msg)
   return id .. flags .. be16(1) .. be16(#records) .. be16(0) .. be16(0) .. question .. table.concat(records), name
 end
 
-function M.serve(port, names)
+function M.serve(port, names, rotate)
+  local state = rotate and {} or nil -- name -> the index of its last answer
   local udp = assert(socket.udp())
   assert(udp:setsockname("127.0.0.1", port or 0))
   local _, p = udp:getsockname()
@@ -60,7 +68,7 @@ function M.serve(port, names)
   while true do
     local msg, ip, from = udp:receivefrom()
     if msg then
-      local reply, name = answer(names, msg)
+      local reply, name = answer(names, msg, state)
       if name == "_shutdown" then break end
       if reply then udp:sendto(reply, ip, from) end
     end
@@ -72,15 +80,18 @@ local function shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
---- Starts the server as a child process; names: {name = ip or {ip, ...}}.
-function M.start(names)
-  local args = {}
+--- Starts the server as a child process; names: {name = ip or {ip, ...}};
+-- opts: port (default any free one), rotate (see above).
+function M.start(names, opts)
+  opts = opts or {}
+  local args = { "--port", tostring(opts.port or 0) }
+  if opts.rotate then args[#args + 1] = "--rotate" end
   for name, ips in pairs(names) do
     if type(ips) == "string" then ips = { ips } end
     for _, ip in ipairs(ips) do args[#args + 1] = shell_quote(name .. "=" .. ip) end
   end
   local src = debug.getinfo(1, "S").source:gsub("^@", "")
-  local inner = ("exec env -u LD_PRELOAD lua5.4 %s --port 0 %s"):format(shell_quote(src), table.concat(args, " "))
+  local inner = ("exec env -u LD_PRELOAD lua5.4 %s %s"):format(shell_quote(src), table.concat(args, " "))
   local pipe = assert(io.popen("sh -c " .. shell_quote(inner), "r"))
   local line = pipe:read("*l")
   local port = tonumber(line and line:match("listening on 127%.0%.0%.1:(%d+)"))
@@ -101,12 +112,15 @@ end
 
 -- Run as a script (not when required as a module).
 if ... ~= "dnsserver" and arg and arg[0] and arg[0]:find("dnsserver%.lua$") then
-  local port, names = 0, {}
+  local port, names, rotate = 0, {}, false
   local i = 1
   while arg[i] do
     if arg[i] == "--port" then
       port = tonumber(arg[i + 1])
       i = i + 2
+    elseif arg[i] == "--rotate" then
+      rotate = true
+      i = i + 1
     else
       local name, ip = arg[i]:match("^([^=]+)=(.+)$")
       assert(name, "name=ip expected, got " .. arg[i])
@@ -116,7 +130,7 @@ if ... ~= "dnsserver" and arg and arg[0] and arg[0]:find("dnsserver%.lua$") then
       i = i + 1
     end
   end
-  M.serve(port, names)
+  M.serve(port, names, rotate)
 end
 
 return M
