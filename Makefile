@@ -45,7 +45,7 @@ PKG_BUILD := make gcc pkg-config libcurl4-openssl-dev libidn2-dev lua5.4 liblua5
 PKG_DEMO  := $(PKG_BUILD) lua-socket
 PKG_TEST  := $(PKG_BUILD) lua-busted lua-socket lua-check luarocks clang valgrind libclang-rt-14-dev \
              nginx libnginx-mod-http-lua lua-nginx-dns wrk curl lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev \
-             luajit2 libluajit2-5.1-dev redis-server openssl iproute2 locales
+             luajit2 libluajit2-5.1-dev redis-server openssl iproute2 locales strace
 
 export LUA_PATH  := $(BUILD)/?.lua;$(BUILD)/?/init.lua;spec/support/?.lua;;
 export LUA_CPATH := $(BUILD)/?.so;;
