@@ -91,6 +91,65 @@ describe("TLS and HTTP/2", function()
     assert.is_true(nconns <= 4, ("%d connections for %d postbacks"):format(nconns, n))
   end)
 
+  -- A receiver that completes the TLS handshake and then never answers
+  -- (openssl s_server with nothing to send): each postback to it ends in a
+  -- timeout at its own deadline, and the healthy receiver's postbacks fired
+  -- beside them are all delivered, through fire_many and the dispatcher.
+  it("ends postbacks to an HTTPS receiver that never answers at their timeout; the others are delivered", function()
+    local socket = require "socket"
+    local port = nginxproc.free_port()
+    local pidfile = dir .. "/stuck.pid"
+    assert(sh(("setsid sh -c 'echo $$ > %s; sleep 60 | exec openssl s_server -quiet -accept 127.0.0.1:%d "
+      .. "-cert %s -key %s/key.pem' >/dev/null 2>&1 &"):format(pidfile, port, cert, dir)))
+    finally(function()
+      local pid = (F.readfile(pidfile) or ""):match("%d+")
+      if pid then os.execute("kill -9 -" .. pid .. " 2>/dev/null") end -- its process group
+    end)
+    assert(F.wait_for(function()
+      local c = socket.tcp()
+      c:settimeout(0.2)
+      local ok = c:connect("127.0.0.1", port)
+      c:close()
+      return ok
+    end, 10), "openssl s_server did not start")
+    local stuck, base = ("https://127.0.0.1:%d"):format(port), tls_base()
+    -- (a TLS handshake alone takes about a second under valgrind)
+    local timeout = testenv.slow and 6 or 1
+    local o = { allow_private = true, ca_file = cert, ok_status = 204, retries = 0, timeout = timeout, concurrency = 8 }
+    local items = {}
+    for i = 1, 10 do items[#items + 1] = base .. "/alive" .. i end
+    table.insert(items, 3, stuck .. "/stuck-a")
+    table.insert(items, 8, stuck .. "/stuck-b")
+    local t0 = socket.gettime()
+    local results = postback.fire_many(items, o)
+    local took = socket.gettime() - t0
+    for i, url in ipairs(items) do
+      local r = results[i]
+      if url:find("stuck", 1, true) then
+        assert.is_false(r.ok, url)
+        assert.equal("timeout", r.error.kind, url .. ": " .. tostring(r.error))
+      else
+        assert.is_true(r.ok, url .. ": " .. tostring(r.error))
+      end
+    end
+    if not testenv.slow then
+      assert.is_true(took < 8, ("fire_many took %.1f s with a 1 s timeout"):format(took))
+    end
+    local got = {}
+    o.on_result = function(r) got[#got + 1] = r end
+    local d = postback.dispatcher(o)
+    for _, url in ipairs(items) do assert(d:fire(url)) end
+    assert.is_true(d:wait(10 * timeout), "the dispatcher did not finish")
+    d:close()
+    assert.equal(#items, #got)
+    local delivered, timed_out = 0, 0
+    for _, r in ipairs(got) do
+      if r.ok then delivered = delivered + 1
+      elseif r.error and r.error.kind == "timeout" then timed_out = timed_out + 1 end
+    end
+    assert.same({ 10, 2 }, { delivered, timed_out })
+  end)
+
   it("speaks TLS to the API with a trusted ca_file", function()
     local base = tls_base()
     local c = assert(postback.client { network = "n", api_key = "k", base_url = base, ca_file = cert, retries = 0 })
