@@ -2,8 +2,9 @@
 -- LuaJIT), against the mock Offerslook: admin CRUD through the client on
 -- cosockets, conversions handed to the worker's dispatcher, a worker that
 -- keeps answering while a slow receiver holds postbacks in flight, 503 with
--- Retry-After when it cannot take a conversion, the destination policy from
--- the environment, and a log line for every postback that fails.
+-- Retry-After when it cannot take a conversion (its spool's disk full
+-- included), the destination policy from the environment, and a log line
+-- for every postback that fails.
 local fixtures = require "fixtures"
 local gatewayproc = require "gatewayproc"
 local mockproc = require "mockproc"
@@ -125,6 +126,52 @@ describe("OpenResty gateway example", function()
     assert.is_true(socket.gettime() - t0 < 1.5, "the health checks waited for the receiver")
     assert.is_true(worst < 0.5, ("a health check took %.0f ms"):format(worst * 1000))
     assert.equal(4, #received_at_least(4), error_log())
+  end)
+
+  -- The spool on a disk that fills (a 64 KiB tmpfs): a conversion is
+  -- answered 202 only when it is in the spool, 503 once it cannot be, and
+  -- every conversion answered 202 is delivered; the 503 ones are not taken.
+  it("answers 503 once its spool's disk is full, and delivers every conversion it answered 202", function()
+    local is_root = fixtures.run("test \"$(id -u)\" = 0")
+    if not is_root then return pending("needs root to mount a tmpfs") end
+    local mnt = fixtures.tmpdir()
+    if not fixtures.run("mount -t tmpfs -o size=64k tmpfs " .. fixtures.sh(mnt) .. " 2>/dev/null") then
+      fixtures.run("rm -rf " .. fixtures.sh(mnt))
+      return pending("mounting a tmpfs is not permitted here")
+    end
+    fixtures.run("chown nobody " .. fixtures.sh(mnt) .. " 2>/dev/null")
+    local full
+    finally(function()
+      if full then full:stop() end
+      fixtures.run("umount " .. fixtures.sh(mnt) .. "; rm -rf " .. fixtures.sh(mnt))
+    end)
+    full = gatewayproc.start { env = env { POSTBACK_ALLOW_PRIVATE = "1", POSTBACK_SPOOL = mnt } }
+    -- each postback about 1 KiB in the spool, held 2 s by its receiver
+    local code = mock.url .. "/postback?click_id={click_id}&mock_fault=slow&mock_delay=2&pad=" .. ("x"):rep(900)
+    assert.equal(201, (request(full.port, "POST", "/admin/postbacks",
+      cjson.encode { offer_id = 5, affiliate_id = 1, type = 2, code = code })))
+    local taken, refused = {}, {}
+    for i = 1, 150 do
+      local status, body = request(full.port, "GET", "/conversion?offer_id=5&click_id=full-" .. i)
+      if status == 202 then
+        taken[#taken + 1] = "full-" .. i
+      else
+        assert.equal(503, status, body .. full:error_log())
+        refused["full-" .. i] = true
+      end
+    end
+    assert.is_true(#taken > 0 and next(refused) ~= nil,
+      ("%d taken, none refused: the disk never filled"):format(#taken))
+    -- still serving
+    assert.equal(200, (request(full.port, "GET", "/health")))
+    local got = {}
+    fixtures.wait_for(function()
+      for _, r in ipairs(mock:received()) do got[r.query:match("click_id=([%w-]+)")] = true end
+      for _, id in ipairs(taken) do if not got[id] then return false end end
+      return true
+    end, 60)
+    for _, id in ipairs(taken) do assert.is_true(got[id], id .. " was answered 202 and never delivered") end
+    for id in pairs(got) do assert.is_nil(refused[id], id .. " was answered 503 yet delivered") end
   end)
 
   it("answers 503 with Retry-After when it cannot read the offer's postbacks", function()
