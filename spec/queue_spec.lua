@@ -365,6 +365,100 @@ describe("the queue", function()
       q:close()
     end)
 
+    -- Between the worker and Redis, a proxy that lets a write of outcomes
+    -- (the FLUSH script, with a dead letter) reach Redis and run, then
+    -- cuts the connection before its reply: the worker cannot know it was
+    -- applied. The next try must not apply it again: each dead letter
+    -- once, each delivery once, nothing left pending.
+    it("applies a write of outcomes once when Redis ran it and the reply was lost", function()
+      local cuts = 2
+      local listener = assert(socket.bind("127.0.0.1", 0))
+      listener:settimeout(0)
+      local _, lport = listener:getsockname()
+      local pairs_ = {} -- {client, server, buf (client bytes not yet forwarded)}
+      -- the length of the first whole RESP command in buf (an array of bulk strings), or nil
+      local function command_len(buf)
+        local count, i = buf:match("^%*(%d+)\r\n()")
+        if not count then return nil end
+        for _ = 1, tonumber(count) do
+          local len, j = buf:match("^%$(%d+)\r\n()", i)
+          if not len then return nil end
+          i = j + tonumber(len) + 2
+          if i - 1 > #buf then return nil end
+        end
+        return i - 1
+      end
+      local function pump()
+        local c = listener:accept()
+        if c then
+          local up = assert(socket.connect("127.0.0.1", r.port))
+          c:settimeout(0)
+          up:settimeout(0)
+          pairs_[#pairs_ + 1] = { client = c, server = up, buf = "" }
+        end
+        local keep = {}
+        for _, pr in ipairs(pairs_) do
+          local alive = true
+          local data, err, partial = pr.client:receive(65536)
+          data = data or partial
+          if err == "closed" then alive = false end
+          pr.buf = pr.buf .. (data or "")
+          while alive do
+            local len = command_len(pr.buf)
+            if not len then break end
+            local cmd = pr.buf:sub(1, len)
+            pr.buf = pr.buf:sub(len + 1)
+            pr.server:settimeout(5)
+            assert(pr.server:send(cmd))
+            pr.server:settimeout(0)
+            -- a write of outcomes that holds a dead letter
+            if cuts > 0 and cmd:find("XACK", 1, true) and cmd:find('"k":"d"', 1, true) then
+              cuts = cuts - 1
+              socket.sleep(0.2) -- Redis runs it; its reply is never passed on
+              alive = false
+            end
+          end
+          if alive then
+            data, err, partial = pr.server:receive(65536)
+            data = data or partial
+            if err == "closed" then alive = false end
+            if data and #data > 0 then
+              pr.client:settimeout(5)
+              assert(pr.client:send(data))
+              pr.client:settimeout(0)
+            end
+          end
+          if alive then keep[#keep + 1] = pr else pr.client:close() pr.server:close() end
+        end
+        pairs_ = keep
+      end
+      local q = assert(postback.queue { redis = r.url, stream = stream })
+      for i = 1, 10 do assert(q:push(url("ok" .. i))) end
+      for i = 1, 5 do assert(q:push(url("bad" .. i) .. "&mock_fault=status&mock_status=404")) end
+      local w = worker { redis = ("redis://127.0.0.1:%d/0"):format(lport), retries = 0 }
+      local deadline = socket.gettime() + (testenv.slow and 60 or 20)
+      repeat
+        w:poll(0.005)
+        pump()
+        local st = w:stats()
+      until (cuts == 0 and st.delivered + st.dead >= 15 and st.unacked == 0)
+        or socket.gettime() > deadline
+      assert.equal(0, cuts, "the proxy never cut a write of outcomes")
+      w:close()
+      listener:close()
+      for _, pr in ipairs(pairs_) do pr.client:close() pr.server:close() end
+      local st = assert(q:stats())
+      assert.same({ 0, 0, 0, 5 }, { st.ready, st.pending, st.delayed, st.dead })
+      assert.equal(5, #assert(q:dead()))
+      assert.equal(0, r:cmd("XLEN", stream))
+      local oks = 0
+      for _, qs in ipairs(received()) do
+        if qs:find("^c=ok") then oks = oks + 1 end
+      end
+      assert.equal(10, oks)
+      q:close()
+    end)
+
     it("creates the group again when Redis lost it (NOGROUP)", function()
       local q = assert(postback.queue { redis = r.url, stream = stream })
       assert(q:push(url("g1")))
