@@ -91,7 +91,9 @@ function M.start(names, opts)
     for _, ip in ipairs(ips) do args[#args + 1] = shell_quote(name .. "=" .. ip) end
   end
   local src = debug.getinfo(1, "S").source:gsub("^@", "")
-  local inner = ("exec env -u LD_PRELOAD lua5.4 %s %s"):format(shell_quote(src), table.concat(args, " "))
+  -- lua5.4 with its own module paths, whatever interpreter started it
+  local inner = ("exec env -u LD_PRELOAD -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 lua5.4 %s %s")
+    :format(shell_quote(src), table.concat(args, " "))
   local pipe = assert(io.popen("sh -c " .. shell_quote(inner), "r"))
   local line = pipe:read("*l")
   local port = tonumber(line and line:match("listening on 127%.0%.0%.1:(%d+)"))
