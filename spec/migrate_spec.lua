@@ -182,8 +182,8 @@ describe("migrate", function()
       ]]):format(mock.network, mock.api_key, mock.url, journal)
       -- paced (4 at a time, 20 ms each; 50 ms under valgrind, where each
       -- poll below is slower) so that no run can finish between two polls
-      mock:control("POST", "/_mock/faults", { fault = "slow", delay = testenv.slow and 0.05 or 0.02,
-                                              times = 1000000, match = "/v1/" })
+      local delay = testenv.slow and 0.05 or 0.02
+      mock:control("POST", "/_mock/faults", { fault = "slow", delay = delay, times = 1000000, match = "/v1/" })
       -- each run killed once the writes reach a random point (5% to 85% of
       -- n, rising), while it still runs
       math.randomseed(20261125)
@@ -200,6 +200,14 @@ describe("migrate", function()
         until not alive or writes() >= at[k] or core.now() > deadline
         child.kill(p)
         assert(alive, ("run %d ended before its kill, after %d writes"):format(k, (writes())))
+        -- what the dead run sent is settled at the server before the next
+        -- run reads (a server may apply a dead client's last request after
+        -- a new run has read the record: no journal can see that)
+        local before
+        repeat
+          before = writes()
+          core.sleep(4 * delay)
+        until writes() == before
         kills = kills + 1
       end
       mock:control("DELETE", "/_mock/faults")

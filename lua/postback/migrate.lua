@@ -13,8 +13,9 @@
 -- run started again with the same journal skips what is done, and for an
 -- intent without an outcome re-reads the record: if it already holds the
 -- target the change is recorded as done, otherwise the journal's change (not
--- a new transform) is applied. So every change is applied once and none is
--- lost, wherever the previous run died.
+-- a new transform) is applied. So no record is transformed twice and no
+-- change is lost, wherever the previous run died (a request of the dead run
+-- that reaches the API after the re-read writes the same target again).
 local core = require "postback.core"
 local errors = require "postback.errors"
 local json = require "postback.json"
