@@ -35,17 +35,8 @@ local q = child.quote
 
 local write_file, exit_code = F.writefile, F.exit_code
 
--- This process's module paths with relative entries made absolute, for
--- children that run in another directory.
-local function absolute(paths)
-  local out = {}
-  for entry in paths:gmatch("[^;]+") do
-    if entry:sub(1, 1) ~= "/" then entry = ROOT .. "/" .. entry end
-    out[#out + 1] = entry
-  end
-  return table.concat(out, ";") .. ";;"
-end
-local LUA_PATH, LUA_CPATH = absolute(package.path), absolute(package.cpath)
+-- this process's module paths, for children that run in another directory
+local LUA_PATH, LUA_CPATH = child.absolute(package.path), child.absolute(package.cpath)
 
 -- Starts a Lua chunk as a real process (in dir, with args): {pid, pipe}
 -- (stdout and stderr come through the pipe).

@@ -146,7 +146,7 @@ M.quote = shell_quote
 
 -- This process's module paths with relative entries made absolute (a
 -- spawned child may run in another directory).
-local function absolute(paths)
+function M.absolute(paths)
   local p = assert(io.popen("pwd"))
   local cwd = p:read("*l")
   p:close()
@@ -170,8 +170,8 @@ function M.spawn(code, opts)
   local args = {}
   for i, a in ipairs(opts.args or {}) do args[i] = shell_quote(a) end
   local inner = ("echo $$; %sexec env LUA_PATH=%s LUA_CPATH=%s %s %s %s"):format(
-    opts.dir and ("cd " .. shell_quote(opts.dir) .. " && ") or "", shell_quote(absolute(package.path)),
-    shell_quote(absolute(package.cpath)), testenv.lua, shell_quote(script), table.concat(args, " "))
+    opts.dir and ("cd " .. shell_quote(opts.dir) .. " && ") or "", shell_quote(M.absolute(package.path)),
+    shell_quote(M.absolute(package.cpath)), testenv.lua, shell_quote(script), table.concat(args, " "))
   local pipe = assert(io.popen("exec sh -c " .. shell_quote(inner) .. (opts.merge_stderr and " 2>&1" or "")))
   local pid = tonumber(pipe:read("*l"))
   if not pid then

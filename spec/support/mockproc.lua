@@ -16,18 +16,8 @@ Mock.__index = Mock
 
 local shell_quote = require("fixtures").sh
 
---- Absolute directory of the repository (this file is spec/support/mockproc.lua).
-function M.root()
-  local src = debug.getinfo(1, "S").source:gsub("^@", "")
-  local dir = src:match("^(.*)/spec/support/[^/]*$") or "."
-  if dir:sub(1, 1) ~= "/" then
-    local p = assert(io.popen("pwd"))
-    local cwd = p:read("*l")
-    p:close()
-    dir = dir == "." and cwd or (cwd .. "/" .. dir)
-  end
-  return dir
-end
+--- Absolute directory of the repository.
+M.root = require("fixtures").root
 
 --- Starts the mock; options: network, api_key, latency (ms), state, lua, args.
 function M.start(opts)
