@@ -105,6 +105,18 @@ local function parse(argv, spec)
   return flags, args
 end
 
+-- The flags of `postback NAME`: flags, arguments; or nil and the exit
+-- status once a usage error or the help (--help) is printed.
+local function command_flags(name, argv, spec, help)
+  local flags, args = parse(argv, spec)
+  if not flags then return nil, fail(2, args .. " (postback " .. name .. " --help)") end
+  if flags.help then
+    io.write(help, "\n")
+    return nil, 0
+  end
+  return flags, args
+end
+
 local function first_line(err)
   return (tostring(err):match("^[^\n]*"))
 end
@@ -130,12 +142,8 @@ local WORKER_FLAGS = {
 
 --- postback worker ...: runs a worker until it is interrupted.
 function M.worker(argv)
-  local flags, args = parse(argv, WORKER_FLAGS)
-  if not flags then return fail(2, args .. " (postback worker --help)") end
-  if flags.help then
-    io.write(WORKER_HELP, "\n")
-    return 0
-  end
+  local flags, args = command_flags("worker", argv, WORKER_FLAGS, WORKER_HELP)
+  if not flags then return args end
   if #args > 0 then return fail(2, "worker takes no arguments, got " .. args[1]) end
   if not flags.redis then return fail(2, "worker needs --redis URL") end
   local opts = {
@@ -232,12 +240,8 @@ local DLQ_FLAGS = {
 
 --- postback dlq list|replay|purge ...
 function M.dlq(argv)
-  local flags, args = parse(argv, DLQ_FLAGS)
-  if not flags then return fail(2, args .. " (postback dlq --help)") end
-  if flags.help then
-    io.write(DLQ_HELP, "\n")
-    return 0
-  end
+  local flags, args = command_flags("dlq", argv, DLQ_FLAGS, DLQ_HELP)
+  if not flags then return args end
   local action = args[1]
   if action ~= "list" and action ~= "replay" and action ~= "purge" then
     return fail(2, "dlq needs list, replay or purge" .. (action and (", got " .. action) or ""))
