@@ -85,11 +85,7 @@ end
 
 --- A file of the prefix, as text ("" when missing).
 function Gateway:read(name)
-  local f = io.open(self.prefix .. "/" .. name)
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
+  return require("fixtures").readfile(self.prefix .. "/" .. name) or ""
 end
 
 function Gateway:error_log() return self:read("logs/error.log") end

@@ -78,11 +78,7 @@ end
 
 --- The error log's text (to explain failures).
 function Nginx:error_log()
-  local f = io.open(self.prefix .. "/logs/error.log")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
+  return fixtures.readfile(self.prefix .. "/logs/error.log") or ""
 end
 
 function Nginx:stop()

@@ -138,11 +138,7 @@ end
 
 --- The server's log (to explain failures).
 function Redis:log()
-  local f = io.open(self.dir .. "/redis.log")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
+  return require("fixtures").readfile(self.dir .. "/redis.log") or ""
 end
 
 --- One command on a connection kept for the specs (reopened when needed).
