@@ -113,6 +113,7 @@ end
 
 -- Kills the process when at least `at` records were written; returns the
 -- writes seen then. Fails when the run ended (or never got there) first.
+-- Returns once what the dead run sent is settled at the server.
 local function kill_at(mock, p, at, limit)
   local deadline = core.now() + (limit or 60)
   local total, alive
@@ -124,6 +125,12 @@ local function kill_at(mock, p, at, limit)
   local out = child.kill(p)
   assert(alive, ("the run ended before the kill, after %d writes: %s"):format(total, out))
   assert(total >= at, ("only %d writes after %d s: %s"):format(total, limit or 60, out))
+  local before, now
+  repeat
+    before = select(2, writes(mock))
+    core.sleep(0.2)
+    now = select(2, writes(mock))
+  until now == before
   return total, out
 end
 
@@ -310,6 +317,7 @@ describe("bulk jobs page by key", function()
         io.write("stopped\n")
       ]]
       local p = spawn(churn, { mock.url, tostring(n), stop })
+      finally(function() child.kill(p) end) -- ends it when an assertion fails first
       assert.equal("ready", p.pipe:read("*l"))
       local seen, twice, count = {}, {}, 0
       local t0 = core.now()
@@ -320,8 +328,7 @@ describe("bulk jobs page by key", function()
       end
       local seconds = core.now() - t0
       write_file(stop, "")
-      local out = p.pipe:read("*a")
-      p.pipe:close()
+      local out = child.wait(p)
       mock:control("DELETE", "/_mock/faults")
       assert.matches("stopped\n$", out)
       local deleted, created = {}, {}
@@ -364,9 +371,7 @@ describe("bulk jobs page by key", function()
       -- each write takes a few ms, so the kills land mid-run
       mock:fault { fault = "slow", delay = 0.005, method = "PUT", times = 1000000 }
       local at1 = kill_at(mock, spawn(mig, { mock.url, journal }), math.floor(N / 4))
-      core.sleep(0.3) -- what reached the server before the kill is applied by now
       local at2 = kill_at(mock, spawn(mig, { mock.url, journal }), math.floor(N * 0.6))
-      core.sleep(0.3)
       assert.is_true(at1 < N and at2 < N, ("a run ended before its kill (%d, %d writes)"):format(at1, at2))
       mock:control("DELETE", "/_mock/faults")
       local out = run_script(mig, { mock.url, journal })
@@ -402,7 +407,6 @@ describe("bulk jobs page by key", function()
       mock:fault { fault = "slow", delay = 0.01, method = "PUT", times = 1000000 }
       local at = kill_at(mock, spawn(recipe_code, {}, dir), math.floor(n / 3))
       assert.is_true(at < n, "the run ended before the kill")
-      core.sleep(0.3)
       mock:control("DELETE", "/_mock/faults")
       local out = run_script(recipe_code, {}, dir)
       local changed, failed = out:match("^(%d+)%s+(%d+)\n")

@@ -482,6 +482,7 @@ describe("the queue", function()
       while socket.gettime() - t0 < 1 do w:poll(0.05) end
       assert.is_false(w:stats().connected)
       local r2 = redisproc.start { port = port }
+      finally(function() r2:stop() end)
       local q = assert(postback.queue { redis = r2.url, stream = stream })
       -- slow answers: the attempts are in flight when Redis dies
       for i = 1, 3 do assert(q:push(url("h" .. i) .. "&mock_fault=slow&mock_delay=0.4")) end
@@ -497,7 +498,6 @@ describe("the queue", function()
       assert.is_true(w:stats().reconnects >= 1)
       w:close()
       q:close()
-      r2:stop()
     end)
 
     it("keeps the entries it holds from looking idle to other workers", function()

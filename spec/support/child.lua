@@ -184,14 +184,18 @@ end
 
 --- Waits until a spawned child ends: the rest of its output.
 function M.wait(p)
+  if not p.pipe then return "" end -- waited for already
   local out = p.pipe:read("*a") or ""
   p.pipe:close()
+  p.pipe = nil
   os.remove(p.script)
   return out
 end
 
---- Kills a spawned child (kill -9): the rest of its output.
+--- Kills a spawned child (kill -9): the rest of its output. Nothing when it
+-- was waited for already.
 function M.kill(p)
+  if not p.pipe then return "" end
   os.execute(("kill -9 %d 2>/dev/null"):format(p.pid))
   return M.wait(p)
 end
