@@ -11,6 +11,7 @@
 -- (nil, nil, why) when the connection was lost before the reply came.
 local core = require "postback.core"
 local errors = require "postback.errors"
+local util = require "postback.util"
 
 local M = {}
 
@@ -36,9 +37,7 @@ function M.refuse_in_nginx(what, level)
   end
 end
 
-local function unescape(s)
-  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
+local unescape = util.unescape
 
 --- Reads redis://[[user]:password@]host[:port][/db] or
 -- unix:///path/to/socket[?db=N]: {host=, port=, path=, db=, username=,

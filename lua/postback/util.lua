@@ -180,6 +180,11 @@ function M.host_of(url)
   return h and (h:gsub("^.*@", ""):lower())
 end
 
+--- s with its %XX escapes decoded (user info of a URL).
+function M.unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
 --- A URL without user:password@ (for errors, logs and results).
 function M.redact_url(url)
   if type(url) ~= "string" or not url:find("@", 1, true) then return url end

@@ -68,11 +68,12 @@ end
 
 --- The error of a request refused before sending: a blocked address, a URL
 -- over max_url (code too_long), a URL that must not be requested
--- (invalid_url), or another bad part of the request (no code).
+-- (invalid_url), or another bad part of the request (no code). code, when
+-- the caller knows it; else (the engine's reasons) read from why.
 function M.refused(url, why, code)
   if code == "blocked_address" then return M.blocked(url, why) end
   why = tostring(why)
-  code = why:find("^URL longer than max_url") and "too_long"
+  code = code or why:find("^URL longer than max_url") and "too_long"
     or (why:find("^URL") or why:find("^no URL")) and "invalid_url" or nil
   return errors.new("validation", { code = code, field = code and "url" or nil, retryable = false, sent = false,
     message = "request refused before sending: " .. why })

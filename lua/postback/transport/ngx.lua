@@ -32,6 +32,9 @@
 local core = require "postback.core"
 local errors = require "postback.errors"
 local util = require "postback.util"
+-- (loaded once: the refusal errors it shares, and the executor's hand-over)
+local curl_transport = require "postback.transport.curl"
+local executor = require "postback.executor"
 
 local M = {}
 M.__index = M
@@ -64,9 +67,7 @@ local function parse_url(url)
   return scheme, host:lower(), port, path, hostport, userinfo
 end
 
-local function unescape(s)
-  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
+local unescape = util.unescape
 
 local function fail(kind, message, sent, reason)
   return nil, errors.new(kind, { message = message, sent = sent, reason = reason,
@@ -445,13 +446,13 @@ function M:request(req)
   local method, url = req.method or "GET", req.url
   if not method:match("^%u+$") then return fail("validation", "invalid method", false) end
   local max_url = req.max_url or 16384
-  local refuse = require("postback.transport.curl").refused
-  if type(url) ~= "string" then return nil, refuse(url, "no URL") end
+  local refuse = curl_transport.refused
+  if type(url) ~= "string" then return nil, refuse(url, "no URL", "invalid_url") end
   if #url > max_url then
-    return nil, refuse(url, ("URL longer than max_url (%d bytes)"):format(max_url))
+    return nil, refuse(url, ("URL longer than max_url (%d bytes)"):format(max_url), "too_long")
   end
   local ok, why = core.check_url(url, self.allow_userinfo)
-  if not ok then return nil, refuse(url, "URL " .. why) end
+  if not ok then return nil, refuse(url, "URL " .. why, "invalid_url") end
   local bad_headers = util.check_headers(req.headers)
   if bad_headers then return nil, bad_headers end
   local scheme, host, port, path, hostport, userinfo = parse_url(url)
@@ -505,7 +506,7 @@ function M:request(req)
       local pok, pwhy = self.policy:check(ip)
       if pok then allowed[#allowed + 1] = ip else refused = refused or pwhy end
     end
-    if #allowed == 0 then return nil, require("postback.transport.curl").blocked(url, refused) end
+    if #allowed == 0 then return nil, curl_transport.blocked(url, refused) end
     addrs = allowed
   end
 
@@ -680,7 +681,7 @@ end
 function M:wait(timeout, sink)
   ensure(self)
   if #self.done == 0 and timeout and timeout > 0 then wait_events(self, timeout) end
-  return require("postback.executor").hand_over(self.done, sink)
+  return executor.hand_over(self.done, sink)
 end
 
 function M.outcome(_, o)
