@@ -716,13 +716,13 @@ int pb_engine_add(pb_engine *e, const pb_req *r, char *why, size_t whylen)
 }
 
 /* An easy handle set up for a GET of url (checked and converted already)
- * with the profile, in *out; PB_OK or PB_ENOMEM. */
+ * with the profile and its route (proxy, see route), in *out; PB_OK or
+ * PB_ENOMEM. */
 static int prepare_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user,
-                       xfer **out)
+                       const char *proxy, xfer **out)
 {
     xfer *x = take_xfer(e);
     int https = pb_url_is_https(url, len);
-    const char *proxy = route(e, &e->profile, url, len);
     int setup = 1 + https + (proxy ? 2 : 0);
     if (!x) return PB_ENOMEM;
     x->tag = tag;
@@ -749,11 +749,13 @@ static int prepare_get(pb_engine *e, const char *url, size_t len, unsigned long 
     return PB_OK;
 }
 
-/* Starts a GET of url (checked and converted already) with the profile. */
-static int start_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user)
+/* Starts a GET of url (checked and converted already) with the profile and
+ * its route. */
+static int start_get(pb_engine *e, const char *url, size_t len, unsigned long long tag, int user,
+                     const char *proxy)
 {
     xfer *x;
-    int rc = prepare_get(e, url, len, tag, user, &x);
+    int rc = prepare_get(e, url, len, tag, user, proxy, &x);
     return rc == PB_OK ? activate(e, x) : rc;
 }
 
@@ -762,11 +764,11 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
 {
     pb_buf conv;
     pend *p;
-    int rc;
+    const char *proxy;
+    int rc, plain;
     /* The profile (headers, credentials) was checked when it was copied. */
-    int plain = len <= (e->profile.max_url ? e->profile.max_url : PB_MAX_URL_DEFAULT) &&
-                pb_url_plain(url, len);
-    if (!plain && (rc = check_url_len(len, e->profile.max_url, why, whylen)) != PB_OK) return rc;
+    if ((rc = check_url_len(len, e->profile.max_url, why, whylen)) != PB_OK) return rc;
+    plain = pb_url_plain(url, len);
     pb_buf_init(&conv, NULL);
     if (!plain) {
         /* checked and converted in one pass (the checks of check_url): what
@@ -778,12 +780,13 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
             len = conv.len;
         }
     }
-    if (route(e, &e->profile, url, len) && (rc = check_proxied_host(e, url, len, why, whylen)) != PB_OK) {
+    proxy = route(e, &e->profile, url, len);
+    if (proxy && (rc = check_proxied_host(e, url, len, why, whylen)) != PB_OK) {
         pb_buf_free(&conv);
         return rc;
     }
     if (!e->max_running || e->nactive + e->nqueued < e->max_running) {
-        rc = start_get(e, url, len, tag, user);
+        rc = start_get(e, url, len, tag, user, proxy);
         pb_buf_free(&conv);
         return rc;
     }
@@ -793,7 +796,7 @@ int pb_engine_get(pb_engine *e, const char *url, size_t len, unsigned long long 
      * than it runs. */
     if (!e->pend_head && e->free_list && e->nqueued < e->max_running) {
         xfer *x;
-        rc = prepare_get(e, url, len, tag, user, &x);
+        rc = prepare_get(e, url, len, tag, user, proxy, &x);
         pb_buf_free(&conv);
         if (rc != PB_OK) return rc;
         fifo_push(&e->queued_head, &e->queued_tail, x);
@@ -928,7 +931,7 @@ static void start_queued(pb_engine *e)
     }
     while (e->pend_head && (!e->max_running || e->nactive < e->max_running)) {
         pend *p = e->pend_head;
-        int rc = start_get(e, p->url, p->len, p->tag, p->user);
+        int rc = start_get(e, p->url, p->len, p->tag, p->user, route(e, &e->profile, p->url, p->len));
         if (rc != PB_OK) {
             /* No handle could be had: the transfer ends at once, failed (or,
              * when even that cannot be recorded, it waits for the next try). */
