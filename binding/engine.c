@@ -335,6 +335,13 @@ static int url_has_userinfo(const char *url, size_t len)
     return 0;
 }
 
+/* How a fast fire of url is started: PB_FIRE_JUDGED when its URL has user
+ * info (only engines with allow_userinfo need to ask), else PB_FIRE_FAST. */
+static int fire_flag(const lengine *le, const char *url, size_t len)
+{
+    return le->userinfo && url_has_userinfo(url, len) ? PB_FIRE_JUDGED : PB_FIRE_FAST;
+}
+
 /* e:get(url, tag [, plain]) -> true | nil, why: a GET with the engine's
  * options; with plain, a plain fire (its 2xx answer becomes a result table
  * in drain). */
@@ -344,8 +351,7 @@ static int l_engine_get(lua_State *L)
     size_t len;
     const char *url = pb_checkstring(L, 2, &len);
     unsigned long long tag = check_tag(L, 3);
-    int user = !lua_toboolean(L, 4) ? 0
-               : le->userinfo && url_has_userinfo(url, len) ? PB_FIRE_JUDGED : PB_FIRE_FAST;
+    int user = lua_toboolean(L, 4) ? fire_flag(le, url, len) : 0;
     char why[160];
     if (strlen(url) != len) {
         lua_pushnil(L);
@@ -414,9 +420,7 @@ static int fire_one(lua_State *L, lengine *le, int ti, int vi, unsigned long lon
         rc = PB_EINVAL;
         strcpy(why, "URL contains CR, LF or NUL");
     } else {
-        rc = pb_engine_get(le->e, url, len, tag,
-                           le->userinfo && url_has_userinfo(url, len) ? PB_FIRE_JUDGED : PB_FIRE_FAST,
-                           why, sizeof why);
+        rc = pb_engine_get(le->e, url, len, tag, fire_flag(le, url, len), why, sizeof why);
     }
     if (sc) scratch_release(sc);
     lua_settop(L, top);
