@@ -136,7 +136,7 @@ function Queue:push(target, values, opts)
   if not url then return nil, err end
   local headers
   if opts.headers and next(opts.headers) then
-    local herr = require("postback.util").check_headers(opts.headers)
+    local herr = util.check_headers(opts.headers)
     if herr then return nil, herr end
     headers = {}
     for k, v in pairs(opts.headers) do
