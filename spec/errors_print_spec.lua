@@ -10,7 +10,7 @@
 -- work, and their headers reach the receiver.
 local postback = require "postback"
 local mockproc = require "mockproc"
-local socket = require "socket"
+local F = require "fixtures"
 local spool = require "postback.spool"
 local testenv = require "testenv"
 
@@ -80,27 +80,20 @@ local function cases()
 end
 
 -- A loopback port where nothing listens.
-local function closed_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local closed_port = require("nginxproc").free_port
 
 describe("every error prints as one line", function()
   local mock, c, tmp
 
   setup(function()
     mock = mockproc.start { network = "err", api_key = "err-key" }
-    tmp = os.tmpname()
-    os.remove(tmp)
-    assert(os.execute("mkdir -p '" .. tmp .. "'"))
+    tmp = F.tmpdir()
   end)
 
   teardown(function()
     if c then c:close() end
     mock:stop()
-    os.execute("rm -rf '" .. tmp .. "'")
+    F.run("rm -rf " .. F.sh(tmp))
   end)
 
   before_each(function()
@@ -368,9 +361,7 @@ describe("every error prints as one line", function()
     k.call("the listing fails", migrate, { client = c, transform = T.set_param("a", "1") })
     mock:control("DELETE", "/_mock/faults")
     local bad = tmp .. "/bad.jsonl"
-    local f = assert(io.open(bad, "w"))
-    f:write('{"id": 1, "code": "https://t.example/"}\nnot json\n')
-    f:close()
+    F.writefile(bad, '{"id": 1, "code": "https://t.example/"}\nnot json\n')
     k.call("a JSONL source with a bad line", migrate, { client = c, source = bad, transform = T.set_param("a", "1") })
     k.call("a JSONL source that does not exist", migrate, { client = c, source = tmp .. "/none.jsonl",
       transform = T.set_param("a", "1") })
@@ -399,13 +390,10 @@ describe("every error prints as one line", function()
   it("postback fire 'ftp://x/' on the command line: one line, non-zero exit", function()
     for _, url in ipairs { "ftp://x/", "http://127.0.0.1/\r\nX: y" } do
       local out, err = tmp .. "/out", tmp .. "/err"
-      local cmd = ("env LUA_PATH='%s' LUA_CPATH='%s' %s bin/postback fire '%s' >%s 2>%s </dev/null"):format(
-        package.path, package.cpath, testenv.lua, url, out, err)
-      local code = require("fixtures").exit_code(os.execute(cmd))
-      local fo, fe = assert(io.open(out)), assert(io.open(err))
-      local stdout, stderr = fo:read("*a"), fe:read("*a")
-      fo:close()
-      fe:close()
+      local cmd = ("env LUA_PATH=%s LUA_CPATH=%s %s bin/postback fire %s >%s 2>%s </dev/null"):format(
+        F.sh(package.path), F.sh(package.cpath), testenv.lua, F.sh(url), F.sh(out), F.sh(err))
+      local code = F.exit_code(os.execute(cmd))
+      local stdout, stderr = assert(F.readfile(out)), assert(F.readfile(err))
       assert.is_true(code ~= 0, "exit 0 for " .. visible(url))
       assert.equal("", stdout)
       assert.matches("^[^\n]+\n$", stderr, nil, false, "not one line: " .. visible(stderr))
