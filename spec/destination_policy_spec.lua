@@ -21,6 +21,8 @@ local child = require "child"
 local testenv = require "testenv"
 
 local quote = child.quote
+-- no proxy in the environment: proxy = "env" then means none
+local NOPROXY = "env -u http_proxy -u HTTP_PROXY -u https_proxy -u HTTPS_PROXY -u all_proxy -u ALL_PROXY "
 local PRIVATE = { "10.0.0.1", "192.168.1.1", "100.64.0.1", "169.254.169.254" }
 
 local function sh(cmd)
@@ -247,13 +249,11 @@ describe("destination policy (real receivers)", function()
     for _, c in ipairs(CASES) do
       if NETNS or not c[3] then case_lines[#case_lines + 1] = c[1] end
     end
-    -- no proxy in the environment: proxy = "env" then means none
-    local noproxy = "env -u http_proxy -u HTTP_PROXY -u https_proxy -u HTTPS_PROXY -u all_proxy -u ALL_PROXY "
-    local wrap = function(cmd) return noproxy .. cmd end
+    local wrap = function(cmd) return NOPROXY .. cmd end
     if NETNS then
       local pre = (HOSTS_FILE and ("mount --bind " .. HOSTS_FILE .. " /etc/hosts && ") or "") .. NS_SETUP
       wrap = function(cmd)
-        return ("%sunshare %s sh -c %s"):format(noproxy, HOSTS_FILE and "-m -n" or "-n", quote(pre .. " && " .. cmd))
+        return ("%sunshare %s sh -c %s"):format(NOPROXY, HOSTS_FILE and "-m -n" or "-n", quote(pre .. " && " .. cmd))
       end
     end
     r = child.run(SCENARIO, { args = { NETNS and "1" or "0", HOSTS_FILE and "1" or "0", testenv.lua,
@@ -531,11 +531,10 @@ describe("destination policy against DNS rebinding", function()
     local hosts, resolv = os.tmpname(), os.tmpname()
     fixtures.writefile(hosts, HOSTS)
     fixtures.writefile(resolv, "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-    local noproxy = "env -u http_proxy -u HTTP_PROXY -u https_proxy -u HTTPS_PROXY -u all_proxy -u ALL_PROXY "
     local pre = ("mount --bind %s /etc/hosts && mount --bind %s /etc/resolv.conf && %s"):format(
       quote(hosts), quote(resolv), NS_SETUP)
     local r = child.run(REBIND, { limit = 90, wrap = function(cmd)
-      return ("%sunshare -m -n sh -c %s"):format(noproxy, quote(pre .. " && " .. cmd))
+      return ("%sunshare -m -n sh -c %s"):format(NOPROXY, quote(pre .. " && " .. cmd))
     end })
     os.remove(hosts)
     os.remove(resolv)

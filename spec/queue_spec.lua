@@ -62,11 +62,8 @@ describe("the queue", function()
     local out = os.tmpname()
     local cmd = ("env LUA_PATH=%s LUA_CPATH=%s %s bin/postback %s >%s 2>&1"):format(
       workerproc.shell_quote(package.path), workerproc.shell_quote(package.cpath), testenv.lua, args, out)
-    local ok, _, code = os.execute(cmd)
-    if type(ok) == "number" then code = ok / 256 end
-    local f = io.open(out)
-    local text = f:read("*a")
-    f:close()
+    local code = require("fixtures").exit_code(os.execute(cmd))
+    local text = assert(require("fixtures").readfile(out))
     os.remove(out)
     return text, code
   end
