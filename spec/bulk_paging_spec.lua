@@ -50,16 +50,7 @@ local function run_script(code, args, dir)
 end
 
 -- Writes per id at the mock (creates, updates, status changes, deletes).
-local function writes(mock)
-  local by_id, total, max = {}, 0, 0
-  for k, n in pairs(mock:stats().writes) do
-    n = math.floor(n + 0.5)
-    by_id[tonumber(k)] = n
-    total = total + n
-    if n > max then max = n end
-  end
-  return by_id, total, max
-end
+local function writes(mock) return mock:writes() end
 
 -- Every postback at the mock, read by offset pages (nothing changes now).
 local function all_postbacks(c)

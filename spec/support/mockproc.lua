@@ -97,6 +97,19 @@ function Mock:stats() return self:control("GET", "/_mock/stats") end
 function Mock:fault(f) return self:control("POST", "/_mock/faults", f) end
 function Mock:seed(s) return self:control("POST", "/_mock/seed", s) end
 
+--- Writes per postback id at the mock (creates, updates, status changes,
+-- deletes): {id = n}, their total, and the most of any one id.
+function Mock:writes()
+  local by_id, total, max = {}, 0, 0
+  for k, n in pairs(self:stats().writes) do
+    n = math.floor(n + 0.5) -- (Debian's lua-cjson gives floats under 5.4)
+    by_id[tonumber(k)] = n
+    total = total + n
+    if n > max then max = n end
+  end
+  return by_id, total, max
+end
+
 --- A client option table for this mock.
 function Mock:client_opts(extra)
   local o = { network = self.network, api_key = self.api_key, base_url = self.url,
